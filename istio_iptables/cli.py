@@ -1,0 +1,393 @@
+"""The `istio-iptables` command: Istio's flags and environment, in click.
+
+Parsing happens in three steps so each failure is one clear line: click collects raw
+strings (flag beats environment), `build_settings` validates them into frozen
+config, and only then does anything look at the host.  The apply layer (and with it
+subprocess, python-iptables and pyroute2) is imported only when rules are applied.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from . import config as c
+from .config import CaptureConfig, ConfigError
+
+PROG = "istio-iptables"
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Option:
+    """One Istio flag: its letters, its environment variables, default and help."""
+
+    dest: str
+    long: str
+    short: str | None
+    envs: tuple[str, ...]
+    default: str
+    help: str
+    is_flag: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("envoy_port", "--envoy-port", "-p", ("ENVOY_PORT",), "15001", "Outbound capture port (Envoy's)."),
+    Option("inbound_capture_port", "--inbound-capture-port", "-z", ("INBOUND_CAPTURE_PORT",), "15006",
+           "Port that inbound TCP is redirected to."),
+    Option("inbound_tunnel_port", "--inbound-tunnel-port", "-e", ("INBOUND_TUNNEL_PORT",), "15008",
+           "HBONE tunnel port; never captured."),
+    Option("proxy_uid", "--proxy-uid", "-u", ("PROXY_UID",), "",
+           "Comma list of proxy uids exempt from capture (default: uid of $ENVOY_USER, else 1337)."),
+    Option("proxy_gid", "--proxy-gid", "-g", ("PROXY_GID",), "", "Comma list of proxy gids (default: as -u)."),
+    Option("mode", "--istio-inbound-interception-mode", "-m",
+           ("ISTIO_INBOUND_INTERCEPTION_MODE", "INBOUND_INTERCEPTION_MODE"), "", "REDIRECT (default) or TPROXY."),
+    Option("tproxy_mark", "--istio-inbound-tproxy-mark", "-t",
+           ("ISTIO_INBOUND_TPROXY_MARK", "INBOUND_TPROXY_MARK"), "1337",
+           "TPROXY fwmark. Note: in Istio 1.3's script -t meant 'unit test'; today's meaning wins."),
+    Option("tproxy_route_table", "--istio-inbound-tproxy-route-table", "-r",
+           ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",), "133", "Routing table used for TPROXY."),
+    Option("inbound_ports", "--istio-inbound-ports", "-b", ("ISTIO_INBOUND_PORTS",), "",
+           "Inbound ports to capture: '*' for all, a comma list, or empty for none."),
+    Option("inbound_exclude_ports", "--istio-local-exclude-ports", "-d", ("ISTIO_LOCAL_EXCLUDE_PORTS",), "",
+           "Inbound ports never captured (only with -b '*')."),
+    Option("exclude_interfaces", "--istio-exclude-interfaces", "-c", ("ISTIO_EXCLUDE_INTERFACES",), "",
+           "Interfaces whose traffic is never captured."),
+    Option("outbound_cidrs", "--istio-service-cidr", "-i", ("ISTIO_SERVICE_CIDR",), "",
+           "Outbound CIDRs to capture: '*' for all, a comma list, or empty for none."),
+    Option("outbound_exclude_cidrs", "--istio-service-exclude-cidr", "-x", ("ISTIO_SERVICE_EXCLUDE_CIDR",), "",
+           "Outbound CIDRs never captured ('*' is an error)."),
+    Option("outbound_ports", "--istio-outbound-ports", "-q", ("ISTIO_OUTBOUND_PORTS",), "",
+           "Outbound ports always captured."),
+    Option("outbound_exclude_ports", "--istio-local-outbound-ports-exclude", "-o",
+           ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",), "", "Outbound ports never captured."),
+    Option("kube_virt_interfaces", "--kube-virt-interfaces", "-k", ("KUBE_VIRT_INTERFACES",), "",
+           "Interfaces whose inbound traffic is treated as outbound."),
+    Option("dry_run", "--dry-run", "-n", ("DRY_RUN",), "false",
+           "Print the plan; touch nothing, need no privileges.", is_flag=True),
+    Option("redirect_dns", "--redirect-dns", None, ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"), "false",
+           "Capture DNS to the agent on 15053.", is_flag=True),
+    Option("capture_all_dns", "--capture-all-dns", None, ("CAPTURE_ALL_DNS",), "false",
+           "Capture all port-53 traffic, not only to resolv.conf's servers.", is_flag=True),
+    Option("drop_invalid", "--drop-invalid", None, ("DROP_INVALID", "INVALID_DROP"), "false",
+           "Drop conntrack INVALID packets (mangle).", is_flag=True),
+    Option("dual_stack", "--dual-stack", None, ("DUAL_STACK", "ISTIO_DUAL_STACK"), "false",
+           "Write IPv6 rules when the pod has any IPv6 address.", is_flag=True),
+    Option("network_namespace", "--network-namespace", None, ("NETWORK_NAMESPACE",), "",
+           "Apply inside this network namespace (a path like /proc/PID/ns/net, or a name in /var/run/netns)."),
+    Option("run_validation", "--run-validation", None, ("RUN_VALIDATION",), "false",
+           "Probe that capture works after applying; exit 126 if not.", is_flag=True),
+    Option("probe_port", "--iptables-probe-port", None, ("IPTABLES_PROBE_PORT",), "15002",
+           "Port the validation probe dials."),
+    Option("probe_timeout", "--probe-timeout", None, ("PROBE_TIMEOUT",), "5s", "Validation timeout (e.g. 5s)."),
+    Option("skip_rule_apply", "--skip-rule-apply", None, ("SKIP_RULE_APPLY",), "false",
+           "Do not write rules (with --run-validation: only validate).", is_flag=True),
+    Option("reconcile", "--reconcile", None, ("RECONCILE",), "false",
+           "Replace our rules when they differ from the plan, instead of failing.", is_flag=True),
+    Option("cleanup_only", "--cleanup-only", None, ("CLEANUP_ONLY",), "false",
+           "Remove every chain, jump, rule, route and address we add; apply nothing.", is_flag=True),
+    Option("force_apply", "--force-apply", None, ("FORCE_APPLY",), "false",
+           "Apply even when the rules already appear to be in place.", is_flag=True),
+    Option("native_nftables", "--native-nftables", None, ("NATIVE_NFTABLES",), "false",
+           "Istio's native nftables mode (not supported: refused with a clear error).", is_flag=True),
+    Option("force_iptables_binary", "--force-iptables-binary", None, ("FORCE_IPTABLES_BINARY",), "",
+           "Use iptables-legacy ('legacy') or iptables-nft ('nft') instead of detecting."),
+    Option("cni_mode", "--cni-mode", None, ("CNI_MODE",), "false", "Accepted for compatibility; ignored.",
+           is_flag=True),
+    Option("ipv6", "--ipv6", None, ("ISTIO_IPTABLES_IPV6",), "auto",
+           "IPv6 rules: auto (Istio's rule, from the pod's addresses), on, or off."),
+    Option("resolv_conf", "--resolv-conf", None, ("ISTIO_IPTABLES_RESOLV_CONF",), "/etc/resolv.conf",
+           "Where the nameservers for DNS capture are read."),
+    Option("output", "--output", None, ("ISTIO_IPTABLES_OUTPUT",), "restore",
+           "Dry-run format: restore, commands or json."),
+    Option("backend", "--backend", None, ("ISTIO_IPTABLES_BACKEND",), "restore",
+           "restore (iptables-restore, legacy or nft as detected) or libiptc (python-iptables, legacy only)."),
+    Option("log_format", "--log-format", None, ("ISTIO_IPTABLES_LOG_FORMAT",), "text", "text or json."),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+# Env-only settings Istio reads.
+ENV_ONLY = {
+    "owner_groups_include": ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
+    "owner_groups_exclude": ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", ""),
+    "ipv4_loopback_cidr": ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32"),
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: everything that does not change which rules are planned."""
+
+    dry_run: bool = False
+    cleanup_only: bool = False
+    reconcile: bool = False
+    force_apply: bool = False
+    skip_rule_apply: bool = False
+    run_validation: bool = False
+    probe_port: int = 15002
+    probe_timeout: float = 5.0
+    network_namespace: str = ""
+    force_iptables_binary: str = ""
+    backend: str = "restore"
+    ipv6: str = "auto"
+    resolv_conf: str = "/etc/resolv.conf"
+    output: str = "restore"
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    capture: CaptureConfig
+    run: RunOptions
+    envoy_user: str | None
+
+
+class _Raw:
+    """Raw string values by dest, remembering where each came from for error messages."""
+
+    def __init__(self, given: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.values: dict[str, str] = {}
+        self.sources: dict[str, str] = {}
+        for opt in OPTIONS:
+            label = f"{opt.short}/{opt.long}" if opt.short else opt.long
+            value = given.get(opt.dest)
+            if value is not None and value is not False:
+                self.values[opt.dest] = "true" if value is True else str(value)
+                self.sources[opt.dest] = label
+                continue
+            env_name = next((e for e in opt.envs if e in env), None)
+            if env_name is not None:
+                self.values[opt.dest] = env[env_name]
+                self.sources[opt.dest] = f"{label} (from ${env_name})"
+            else:
+                self.values[opt.dest] = opt.default
+                self.sources[opt.dest] = label
+        for dest, (env_name, default) in ENV_ONLY.items():
+            self.values[dest] = env.get(env_name, default)
+            self.sources[dest] = f"${env_name}"
+
+    def given(self, dest: str) -> bool:
+        return self.values[dest] != OPTIONS_BY_DEST[dest].default if dest in OPTIONS_BY_DEST else True
+
+    def flag(self, dest: str) -> str:
+        return self.sources[dest]
+
+    def __getitem__(self, dest: str) -> str:
+        return self.values[dest]
+
+    def boolean(self, dest: str) -> bool:
+        return c.parse_bool(self.flag(dest), self[dest])
+
+    def port(self, dest: str) -> int:
+        return c.parse_port(self.flag(dest), self[dest])
+
+    def choice(self, dest: str, choices: Sequence[str]) -> str:
+        value = self[dest].strip().lower()
+        if value not in choices:
+            raise ConfigError(self.flag(dest), self[dest], "expected one of " + ", ".join(choices))
+        return value
+
+
+def build_capture(raw: _Raw, default_uid: str) -> CaptureConfig:
+    """Validate every rule-shaping value into a CaptureConfig."""
+    f = raw.flag
+    uids = c.parse_owner_list(f("proxy_uid"), raw["proxy_uid"]) or (default_uid,)
+    gids = c.parse_owner_list(f("proxy_gid"), raw["proxy_gid"]) or uids
+    inbound_all, inbound_ports = c.parse_port_list(f("inbound_ports"), raw["inbound_ports"], allow_wildcard=True)
+    cfg = CaptureConfig(
+        proxy_port=raw.port("envoy_port"),
+        inbound_capture_port=raw.port("inbound_capture_port"),
+        inbound_tunnel_port=raw.port("inbound_tunnel_port"),
+        proxy_uids=uids,
+        proxy_gids=gids,
+        mode=c.parse_mode(f("mode"), raw["mode"]),
+        tproxy_mark=c.parse_uint(f("tproxy_mark"), raw["tproxy_mark"], low=1, high=0xFFFFFFFF),
+        tproxy_route_table=c.parse_route_table(f("tproxy_route_table"), raw["tproxy_route_table"]),
+        inbound_ports_all=inbound_all,
+        inbound_ports=inbound_ports,
+        inbound_exclude_ports=c.parse_port_list(f("inbound_exclude_ports"), raw["inbound_exclude_ports"])[1],
+        exclude_interfaces=c.parse_interfaces(f("exclude_interfaces"), raw["exclude_interfaces"]),
+        outbound_cidrs=c.parse_cidrs(f("outbound_cidrs"), raw["outbound_cidrs"], allow_wildcard=True),
+        outbound_exclude_cidrs=c.parse_cidrs(f("outbound_exclude_cidrs"), raw["outbound_exclude_cidrs"],
+                                             allow_wildcard=False),
+        outbound_ports=c.parse_port_list(f("outbound_ports"), raw["outbound_ports"])[1],
+        outbound_exclude_ports=c.parse_port_list(f("outbound_exclude_ports"), raw["outbound_exclude_ports"])[1],
+        kube_virt_interfaces=c.parse_interfaces(f("kube_virt_interfaces"), raw["kube_virt_interfaces"]),
+        redirect_dns=raw.boolean("redirect_dns"),
+        capture_all_dns=raw.boolean("capture_all_dns"),
+        drop_invalid=raw.boolean("drop_invalid"),
+        dual_stack=raw.boolean("dual_stack"),
+        owner_groups=c.parse_owner_groups(f("owner_groups_include"), raw["owner_groups_include"],
+                                          f("owner_groups_exclude"), raw["owner_groups_exclude"]),
+        ipv4_loopback_cidr=c.parse_loopback_cidr(f("ipv4_loopback_cidr"), raw["ipv4_loopback_cidr"]),
+    )
+    c.require_distinct_ports([(f("envoy_port"), cfg.proxy_port),
+                              (f("inbound_capture_port"), cfg.inbound_capture_port),
+                              (f("inbound_tunnel_port"), cfg.inbound_tunnel_port)])
+    return cfg
+
+
+def build_run_options(raw: _Raw, cleanup: bool) -> RunOptions:
+    binary = raw["force_iptables_binary"].strip()
+    if binary not in ("", "legacy", "nft"):
+        raise ConfigError(raw.flag("force_iptables_binary"), binary, "expected legacy or nft")
+    netns = raw["network_namespace"].strip()
+    if netns and ("\x00" in netns or (not netns.startswith("/") and "/" in netns)):
+        raise ConfigError(raw.flag("network_namespace"), netns, "expected a path or a name in /var/run/netns")
+    if raw.boolean("native_nftables"):
+        raise ConfigError(raw.flag("native_nftables"), "true",
+                          "native nftables is not supported; use iptables-nft (the default on nft hosts)")
+    return RunOptions(
+        dry_run=raw.boolean("dry_run"),
+        cleanup_only=cleanup or raw.boolean("cleanup_only"),
+        reconcile=raw.boolean("reconcile"),
+        force_apply=raw.boolean("force_apply"),
+        skip_rule_apply=raw.boolean("skip_rule_apply"),
+        run_validation=raw.boolean("run_validation"),
+        probe_port=raw.port("probe_port"),
+        probe_timeout=c.parse_duration(raw.flag("probe_timeout"), raw["probe_timeout"]),
+        network_namespace=netns,
+        force_iptables_binary=binary,
+        backend=raw.choice("backend", ("restore", "libiptc")),
+        ipv6=raw.choice("ipv6", ("auto", "on", "off")),
+        resolv_conf=raw["resolv_conf"],
+        output=raw.choice("output", ("restore", "commands", "json")),
+        log_format=raw.choice("log_format", ("text", "json")),
+    )
+
+
+def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup: bool = False) -> Settings:
+    """Validate raw flag values (None = not given) and the environment into Settings."""
+    from .hostfacts import default_proxy_uid
+
+    raw = _Raw(given, env)
+    envoy_user = env.get("ENVOY_USER")
+    default_uid = "" if raw["proxy_uid"].strip() else default_proxy_uid(envoy_user)
+    run = build_run_options(raw, cleanup)
+    return Settings(capture=build_capture(raw, default_uid), run=run, envoy_user=envoy_user)
+
+
+def _add_options(func: Any) -> Any:
+    for opt in reversed(OPTIONS):
+        decls = [opt.long] + ([opt.short] if opt.short else [])
+        env_note = " [env: " + ", ".join(opt.envs) + "]"
+        if opt.is_flag:
+            func = click.option(*decls, opt.dest, is_flag=True, default=None, help=opt.help + env_note)(func)
+        else:
+            default_note = f" [default: {opt.default}]" if opt.default else ""
+            func = click.option(*decls, opt.dest, default=None, metavar="VALUE",
+                                help=opt.help + default_note + env_note)(func)
+    return func
+
+
+def _normalize_bool_args(argv: Sequence[str]) -> list[str]:
+    """Accept Go-style `--flag=true|false` for boolean flags, as Istio's pflag does."""
+    flags = {o.long for o in OPTIONS if o.is_flag}
+    out: list[str] = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if eq and name in flags:
+            if c.parse_bool(name, value):
+                out.append(name)
+            continue
+        out.append(arg)
+    return out
+
+
+def _run(settings: Settings) -> int:
+    from .logs import setup_logging
+
+    setup_logging(settings.run.log_format)
+    if settings.run.dry_run:
+        return _dry_run(settings)
+    from .apply import run_apply
+
+    return run_apply(settings.capture, settings.run)
+
+
+def _dry_run(settings: Settings) -> int:
+    from . import hostfacts
+    from .plan import build_plan
+    from .render import RENDERERS
+
+    run = settings.run
+    facts = hostfacts.gather(run.ipv6, settings.capture.dual_stack,
+                             settings.capture.redirect_dns and not settings.capture.capture_all_dns,
+                             run.resolv_conf)
+    plan = build_plan(settings.capture, facts)
+    sys.stdout.write(RENDERERS[run.output](plan))
+    return 0
+
+
+def make_command(name: str, cleanup: bool) -> click.Command:
+    @click.command(name=name, context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 110})
+    @click.argument("action", required=False, metavar="[clean]")
+    @_add_options
+    def command(action: str | None, **given: Any) -> None:
+        """Write Istio's sidecar traffic-capture rules (istio-init) into this network
+        namespace: inbound TCP to the capture port, outbound TCP to the proxy port,
+        except the proxy's own uid/gid and the excluded ports and CIDRs.
+
+        The positional `clean` (Istio 1.3) removes everything, like --cleanup-only.
+        Flags beat environment variables. Bad input exits 2 and touches nothing."""
+        if action not in (None, "clean"):
+            raise ConfigError("the positional argument", action, "only 'clean' is accepted")
+        settings = build_settings(given, os.environ, cleanup=cleanup or action == "clean")
+        raise SystemExit(_run(settings))
+
+    return command
+
+
+def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
+    from .hostfacts import HostFactsError
+
+    args = _normalize_bool_args(sys.argv[1:] if argv is None else argv)
+    try:
+        make_command(name, cleanup).main(args=args, prog_name=name, standalone_mode=False)
+    except SystemExit as done:
+        return int(done.code or 0)
+    except (ConfigError, HostFactsError) as err:
+        _usage_error(name, str(err))
+        return EXIT_USAGE
+    except click.exceptions.NoSuchOption as err:
+        _usage_error(name, f"unknown flag {err.option_name!r}")
+        return EXIT_USAGE
+    except click.UsageError as err:
+        _usage_error(name, err.format_message())
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _usage_error(name: str, message: str) -> None:
+    sys.stderr.write(f"{name}: error: {' '.join(message.split())}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `istio-iptables`."""
+    try:
+        return _main(PROG, False, argv)
+    except ConfigError as err:  # raised while normalizing argv
+        _usage_error(PROG, str(err))
+        return EXIT_USAGE
+
+
+def clean_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `istio-clean-iptables`: the same flags, cleanup only."""
+    return _main("istio-clean-iptables", True, argv)
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+def clean_entry() -> None:
+    raise SystemExit(clean_main())

@@ -1,0 +1,267 @@
+"""Configuration model: parse and validate istio-init's inputs, without touching the host.
+
+Every value arrives as the raw string Istio would see (from a flag or an environment
+variable) and leaves as a typed, frozen value.  Validation is stricter than Istio's
+(which passes most strings straight to iptables and fails half-way through an apply):
+anything iptables would reject is rejected here, before anything is touched, with a
+`ConfigError` that names the flag and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+REDIRECT = "REDIRECT"
+TPROXY = "TPROXY"
+
+# Kernel interface names: 1-15 bytes, no '/', ':' or whitespace.  We also refuse
+# shell and iptables metacharacters; '+' is iptables' trailing wildcard (eth+).
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$|^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,13}\+$")
+# POSIX portable user/group names, as useradd accepts them.
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+# Route tables 0 (unspec) and 253-255 (default, main, local) belong to the kernel.
+_RESERVED_ROUTE_TABLES = frozenset({0, 253, 254, 255})
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+MAX_OWNER_GROUPS_INCLUDE = 64
+
+
+class ConfigError(ValueError):
+    """A bad input value: names the flag (and env variable) and the value."""
+
+    def __init__(self, flag: str, value: str, reason: str) -> None:
+        self.flag = flag
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid value {value!r} for {flag}: {reason}")
+
+
+@dataclass(frozen=True)
+class Cidrs:
+    """An address list as Istio splits it: a wildcard, or IPv4 and IPv6 CIDRs kept in order."""
+
+    wildcard: bool = False
+    v4: tuple[str, ...] = ()
+    v6: tuple[str, ...] = ()
+
+    @property
+    def v4_has_loopback(self) -> bool:
+        return any(ipaddress.ip_interface(c).ip.is_loopback for c in self.v4)
+
+    @property
+    def v6_has_loopback(self) -> bool:
+        return any(ipaddress.ip_interface(c).ip.is_loopback for c in self.v6)
+
+
+@dataclass(frozen=True)
+class OwnerGroups:
+    """Istio's owner-group filter: capture all groups except `values`, or only `values`."""
+
+    capture_all_except: bool = True
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything that decides which rules are planned.  Ports are ints, lists keep order."""
+
+    proxy_port: int = 15001
+    inbound_capture_port: int = 15006
+    inbound_tunnel_port: int = 15008
+    proxy_uids: tuple[str, ...] = ("1337",)
+    proxy_gids: tuple[str, ...] = ("1337",)
+    mode: str = REDIRECT
+    tproxy_mark: int = 1337
+    tproxy_route_table: int = 133
+    inbound_ports_all: bool = False
+    inbound_ports: tuple[int, ...] = ()
+    inbound_exclude_ports: tuple[int, ...] = ()
+    exclude_interfaces: tuple[str, ...] = ()
+    outbound_cidrs: Cidrs = field(default_factory=Cidrs)
+    outbound_exclude_cidrs: Cidrs = field(default_factory=Cidrs)
+    outbound_ports: tuple[int, ...] = ()
+    outbound_exclude_ports: tuple[int, ...] = ()
+    kube_virt_interfaces: tuple[str, ...] = ()
+    redirect_dns: bool = False
+    capture_all_dns: bool = False
+    drop_invalid: bool = False
+    dual_stack: bool = False
+    owner_groups: OwnerGroups = field(default_factory=OwnerGroups)
+    ipv4_loopback_cidr: str = "127.0.0.1/32"
+
+    @property
+    def captures_inbound(self) -> bool:
+        return self.inbound_ports_all or bool(self.inbound_ports)
+
+    @property
+    def tproxy(self) -> bool:
+        return self.mode == TPROXY
+
+
+def split_list(raw: str) -> list[str]:
+    """Split a comma list the way Istio does: empty items (trailing commas) vanish."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_port(flag: str, raw: str) -> int:
+    """A single TCP/UDP port, 1-65535."""
+    text = raw.strip()
+    if not text.isdigit():
+        raise ConfigError(flag, raw, "expected a port number 1-65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(flag, raw, "port out of range 1-65535")
+    return port
+
+
+def parse_port_list(flag: str, raw: str, *, allow_wildcard: bool = False) -> tuple[bool, tuple[int, ...]]:
+    """A comma list of ports, or '*' where Istio allows it.  Returns (wildcard, ports)."""
+    if raw.strip() == "*":
+        if not allow_wildcard:
+            raise ConfigError(flag, raw, "'*' is not allowed here; give a comma list of ports")
+        return True, ()
+    ports = []
+    for item in split_list(raw):
+        if item == "*":
+            raise ConfigError(flag, raw, "'*' must be the whole value, not one item of a list")
+        try:
+            ports.append(parse_port(flag, item))
+        except ConfigError:
+            raise ConfigError(flag, raw, f"{item!r} is not a port number 1-65535") from None
+    return False, tuple(ports)
+
+
+def parse_cidrs(flag: str, raw: str, *, allow_wildcard: bool) -> Cidrs:
+    """A comma list of CIDRs (v4 and v6 mixed), or '*'.  Host bits are kept as written,
+    as Istio's netip.ParsePrefix does; a bare address without a prefix length is refused."""
+    if raw.strip() == "*":
+        if not allow_wildcard:
+            raise ConfigError(flag, raw, "'*' is not allowed here; give a comma list of CIDRs")
+        return Cidrs(wildcard=True)
+    v4: list[str] = []
+    v6: list[str] = []
+    for item in split_list(raw):
+        if "/" not in item:
+            raise ConfigError(flag, raw, f"{item!r} is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.0.0.0/8)")
+        try:
+            iface = ipaddress.ip_interface(item)
+        except ValueError:
+            raise ConfigError(flag, raw, f"{item!r} is not a valid IPv4 or IPv6 CIDR") from None
+        text = f"{iface.ip.compressed}/{iface.network.prefixlen}"
+        (v4 if iface.version == 4 else v6).append(text)
+    return Cidrs(wildcard=False, v4=tuple(v4), v6=tuple(v6))
+
+
+def parse_interfaces(flag: str, raw: str) -> tuple[str, ...]:
+    """Interface names as the kernel allows them (plus iptables' trailing '+')."""
+    names = split_list(raw)
+    for name in names:
+        if name in {".", ".."} or not _IFACE_RE.match(name):
+            raise ConfigError(flag, raw, f"{name!r} is not a valid interface name")
+    return tuple(names)
+
+
+def parse_owner_list(flag: str, raw: str) -> tuple[str, ...]:
+    """uids/gids or user/group names; names are passed to iptables as Istio does."""
+    items = split_list(raw)
+    for item in items:
+        if item.isdigit():
+            if int(item) > 0xFFFFFFFE:
+                raise ConfigError(flag, raw, f"{item!r} is out of range for a uid/gid")
+        elif not _NAME_RE.match(item):
+            raise ConfigError(flag, raw, f"{item!r} is neither a number nor a valid user/group name")
+    return tuple(str(int(i)) if i.isdigit() else i for i in items)
+
+
+def parse_mode(flag: str, raw: str) -> str:
+    """REDIRECT or TPROXY (any case); empty means Istio's default, REDIRECT."""
+    mode = raw.strip().upper() or REDIRECT
+    if mode not in {REDIRECT, TPROXY}:
+        raise ConfigError(flag, raw, "expected REDIRECT or TPROXY")
+    return mode
+
+
+def parse_uint(flag: str, raw: str, *, low: int, high: int) -> int:
+    """An integer in [low, high], decimal or 0x-hex (fwmarks are often written in hex)."""
+    text = raw.strip()
+    try:
+        value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+    except ValueError:
+        raise ConfigError(flag, raw, f"expected an integer {low}-{high}") from None
+    if not low <= value <= high:
+        raise ConfigError(flag, raw, f"out of range {low}-{high}")
+    return value
+
+
+def parse_route_table(flag: str, raw: str) -> int:
+    table = parse_uint(flag, raw, low=1, high=0xFFFFFFFF)
+    if table in _RESERVED_ROUTE_TABLES:
+        raise ConfigError(flag, raw, "tables 253-255 are the kernel's default/main/local tables")
+    return table
+
+
+def parse_bool(flag: str, raw: str) -> bool:
+    """Booleans from the environment, with Go's strconv.ParseBool spelling."""
+    text = raw.strip()
+    if text in _TRUE:
+        return True
+    if text in _FALSE or text == "":
+        return False
+    raise ConfigError(flag, raw, "expected true or false")
+
+
+def parse_duration(flag: str, raw: str) -> float:
+    """A Go duration ('5s', '500ms', '1m30s') or plain seconds; returns seconds."""
+    text = raw.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ConfigError(flag, raw, "expected a duration such as 5s or 500ms") from None
+    if seconds <= 0 or seconds > 86400:
+        raise ConfigError(flag, raw, "duration must be between 0 and 24h")
+    return seconds
+
+
+def parse_loopback_cidr(flag: str, raw: str) -> str:
+    """ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: an IPv4 loopback CIDR with a /8-/32 mask."""
+    try:
+        iface = ipaddress.ip_interface(raw.strip())
+    except ValueError:
+        raise ConfigError(flag, raw, "expected an IPv4 loopback CIDR such as 127.0.0.1/32") from None
+    if "/" not in raw or iface.version != 4 or not iface.ip.is_loopback:
+        raise ConfigError(flag, raw, "expected an IPv4 loopback CIDR such as 127.0.0.1/32")
+    if not 8 <= iface.network.prefixlen <= 32:
+        raise ConfigError(flag, raw, "the mask must be between /8 and /32")
+    return f"{iface.ip}/{iface.network.prefixlen}"
+
+
+def parse_owner_groups(include_flag: str, include: str, exclude_flag: str, exclude: str) -> OwnerGroups:
+    """ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]: exclusions only apply when include is '*'."""
+    if include.strip() == "*":
+        return OwnerGroups(capture_all_except=True, values=parse_owner_list(exclude_flag, exclude))
+    values = parse_owner_list(include_flag, include)
+    if len(values) > MAX_OWNER_GROUPS_INCLUDE:
+        raise ConfigError(include_flag, include, f"at most {MAX_OWNER_GROUPS_INCLUDE} groups may be listed")
+    return OwnerGroups(capture_all_except=False, values=values)
+
+
+def require_distinct_ports(named_ports: Sequence[tuple[str, int]]) -> None:
+    """The proxy's own ports must differ, or redirected traffic would loop."""
+    seen: dict[int, str] = {}
+    for flag, port in named_ports:
+        if port in seen:
+            raise ConfigError(flag, str(port), f"the same port is already used by {seen[port]}")
+        seen[port] = flag

@@ -1,0 +1,150 @@
+"""Host facts the planner needs, gathered in one place so a dry run can override them.
+
+Istio reads two things from the pod: whether to write IPv6 rules (from the pod's
+addresses) and which nameservers to capture (from /etc/resolv.conf).  Reading the
+addresses uses one raw netlink dump from the standard library, so the common path
+never imports pyroute2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROXY_UID = "1337"
+_RTM_GETADDR = 22
+_RTM_NEWADDR = 20
+_NLMSG_DONE = 3
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_IFA_ADDRESS = 1
+_IFA_LOCAL = 2
+
+
+class HostFactsError(RuntimeError):
+    """The host could not be read (e.g. resolv.conf missing when DNS capture needs it)."""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the planner needs to know about the pod's network namespace."""
+
+    ipv6: bool = False
+    nameservers_v4: tuple[str, ...] = ()
+    nameservers_v6: tuple[str, ...] = ()
+
+
+def interface_addresses() -> list[tuple[int, str]]:
+    """(ifindex, address) for every address in this network namespace, in the order
+    Go's net.InterfaceAddrs reports them: by interface, IPv4 before IPv6."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        request = struct.pack("=IHHII", 24, _RTM_GETADDR, _NLM_F_REQUEST_DUMP, 1, 0)
+        request += struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)
+        sock.send(request)
+        found: list[tuple[int, str]] = []
+        while True:
+            data = sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, msg_type, _, _, _ = struct.unpack_from("=IHHII", data, offset)
+                if msg_type == _NLMSG_DONE:
+                    return sorted(found, key=lambda item: item[0])
+                if msg_type == _NLMSG_ERROR:
+                    raise HostFactsError("netlink refused the address dump")
+                if msg_type == _RTM_NEWADDR:
+                    address = _parse_ifaddr(data[offset + 16: offset + length])
+                    if address is not None:
+                        found.append(address)
+                offset += (length + 3) & ~3
+                if length == 0:
+                    break
+
+
+def _parse_ifaddr(payload: bytes) -> tuple[int, str] | None:
+    family, _, _, _, index = struct.unpack_from("=BBBBI", payload, 0)
+    offset = 8
+    attrs: dict[int, bytes] = {}
+    while offset + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, offset)
+        if length < 4:
+            break
+        attrs[kind] = payload[offset + 4: offset + length]
+        offset += (length + 3) & ~3
+    raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return index, socket.inet_ntop(family, raw)
+
+
+def ipv6_from_addresses(addresses: list[str], dual_stack: bool) -> bool:
+    """Istio's rule: IPv6 when the first usable (not loopback, not link-local) address
+    is IPv6; with dual stack, when any usable address is IPv6."""
+    usable = []
+    for text in addresses:
+        ip = ipaddress.ip_address(text)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not (ip.is_loopback or ip.is_link_local):
+            usable.append(ip.version == 6)
+    if not usable:
+        log.warning("no usable (non-loopback, non-link-local) address found; assuming IPv4 only")
+        return False
+    return any(usable) if dual_stack else usable[0]
+
+
+def detect_ipv6(dual_stack: bool) -> bool:
+    """Decide IPv6 for the current network namespace."""
+    return ipv6_from_addresses([addr for _, addr in interface_addresses()], dual_stack)
+
+
+def read_nameservers(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The nameserver lines of a resolv.conf, split into IPv4 and IPv6, kept as written.
+    Entries that are not IP addresses are ignored, as Istio ignores them."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as err:
+        raise HostFactsError(f"cannot read resolv.conf {path!r}: {err.strerror}") from None
+    v4: list[str] = []
+    v6: list[str] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            ip = ipaddress.ip_address(fields[1])
+        except ValueError:
+            log.debug("ignoring nameserver %r: not an IP address", fields[1])
+            continue
+        (v4 if ip.version == 4 else v6).append(fields[1])
+    return tuple(v4), tuple(v6)
+
+
+def default_proxy_uid(envoy_user: str | None) -> str:
+    """Istio's default for -u: the uid of $ENVOY_USER (istio-proxy), else 1337."""
+    try:
+        return str(pwd.getpwnam(envoy_user or "istio-proxy").pw_uid)
+    except KeyError:
+        return DEFAULT_PROXY_UID
+
+
+def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str) -> HostFacts:
+    """Collect the facts: `ipv6` is 'auto', 'on' or 'off'; nameservers only when DNS
+    capture needs them (Istio does not read resolv.conf otherwise)."""
+    enable_v6 = detect_ipv6(dual_stack) if ipv6 == "auto" else ipv6 == "on"
+    servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    if need_dns:
+        servers = read_nameservers(resolv_conf)
+    return HostFacts(ipv6=enable_v6, nameservers_v4=servers[0], nameservers_v6=servers[1])
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
