@@ -12,20 +12,13 @@ import ipaddress
 import logging
 import os
 import pwd
-import socket
-import struct
 from dataclasses import dataclass
+
+from .netlink import interface_addresses
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROXY_UID = "1337"
-_RTM_GETADDR = 22
-_RTM_NEWADDR = 20
-_NLMSG_DONE = 3
-_NLMSG_ERROR = 2
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_IFA_ADDRESS = 1
-_IFA_LOCAL = 2
 
 
 class HostFactsError(RuntimeError):
@@ -39,49 +32,6 @@ class HostFacts:
     ipv6: bool = False
     nameservers_v4: tuple[str, ...] = ()
     nameservers_v6: tuple[str, ...] = ()
-
-
-def interface_addresses() -> list[tuple[int, str]]:
-    """(ifindex, address) for every address in this network namespace, in the order
-    Go's net.InterfaceAddrs reports them: by interface, IPv4 before IPv6."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        request = struct.pack("=IHHII", 24, _RTM_GETADDR, _NLM_F_REQUEST_DUMP, 1, 0)
-        request += struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)
-        sock.send(request)
-        found: list[tuple[int, str]] = []
-        while True:
-            data = sock.recv(65536)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _, _, _ = struct.unpack_from("=IHHII", data, offset)
-                if msg_type == _NLMSG_DONE:
-                    return sorted(found, key=lambda item: item[0])
-                if msg_type == _NLMSG_ERROR:
-                    raise HostFactsError("netlink refused the address dump")
-                if msg_type == _RTM_NEWADDR:
-                    address = _parse_ifaddr(data[offset + 16: offset + length])
-                    if address is not None:
-                        found.append(address)
-                offset += (length + 3) & ~3
-                if length == 0:
-                    break
-
-
-def _parse_ifaddr(payload: bytes) -> tuple[int, str] | None:
-    family, _, _, _, index = struct.unpack_from("=BBBBI", payload, 0)
-    offset = 8
-    attrs: dict[int, bytes] = {}
-    while offset + 4 <= len(payload):
-        length, kind = struct.unpack_from("=HH", payload, offset)
-        if length < 4:
-            break
-        attrs[kind] = payload[offset + 4: offset + length]
-        offset += (length + 3) & ~3
-    raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
-    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    return index, socket.inet_ntop(family, raw)
 
 
 def ipv6_from_addresses(addresses: list[str], dual_stack: bool) -> bool:

@@ -1,0 +1,1 @@
+"""Backends that write a plan into the kernel."""
