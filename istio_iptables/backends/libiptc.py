@@ -271,10 +271,32 @@ def rule_text(rule: RuleLike) -> str:
     return " ".join(head + [_quote(p) for p in rule.params])
 
 
+_RULE_CLASSES: dict[int, Any] = {}
+
+
+def _scoped_tables(rule: Any) -> list[Any]:
+    scoped = getattr(rule, "_lookup_tables", None)
+    if scoped is not None:
+        return list(scoped)
+    chain = getattr(rule, "chain", None)
+    return [chain.table] if chain is not None else []
+
+
 def _table_classes(iptc: Any, family: int) -> tuple[Any, Any]:
-    if family == 4:
-        return iptc.Table, iptc.Rule
-    return iptc.Table6, iptc.Rule6
+    """(Table class, Rule class) of a family.
+
+    The Rule class is a subclass whose ``tables`` (where python-iptables looks up
+    whether a target name is a chain) is only the rule's own table.  The stock
+    property opens every table of the family, which makes the kernel instantiate
+    filter/security/... in the namespace as a side effect, and would treat a chain
+    of another table as a valid jump.
+    """
+    cls = _RULE_CLASSES.get(family)
+    if cls is None:
+        base = iptc.Rule if family == 4 else iptc.Rule6
+        cls = type(f"Scoped{base.__name__}", (base,), {"tables": property(_scoped_tables)})
+        _RULE_CLASSES[family] = cls
+    return (iptc.Table if family == 4 else iptc.Table6), cls
 
 
 @contextlib.contextmanager
@@ -389,6 +411,7 @@ class _Converter:
     def convert(self) -> Any:
         _, rule_cls = _table_classes(self.iptc, self.family)
         self.rule = rule_cls()
+        self.rule._lookup_tables = [self.table]
         params = list(self.params)
         invert = False
         i = 0
@@ -736,7 +759,12 @@ def save(family: int, tables: Sequence[str]) -> dict[str, dict[str, list[str]]]:
             chains: dict[str, list[str]] = {}
             try:
                 for chain in table.chains:
-                    chains[chain.name] = [_render(family, rule) for rule in chain.rules]
+                    rules = []
+                    entry = table.first_rule(chain.name)
+                    while entry:
+                        rules.append(_render(family, handles.rule_cls(entry, chain)))
+                        entry = table.next_rule(entry)
+                    chains[chain.name] = rules
             except Exception as exc:
                 raise LibiptcError(f"{_FAMILY_NAMES[family]}: cannot read table {table_name}: {exc}",
                                    table=table_name) from exc
@@ -779,8 +807,9 @@ def _render(family: int, rule: Any) -> str:
         if value:
             parts += (["!"] if value.startswith("!") else []) + [flag, value.lstrip("!")]
     proto = rule.protocol
-    if proto.lstrip("!") not in ("all", "0") or proto.startswith("!"):
-        parts += (["!"] if proto.startswith("!") else []) + ["-p", proto.lstrip("!")]
+    if ip.proto or proto.startswith("!"):  # iptables-save omits protocol 0 ("all")
+        name = proto.lstrip("!")
+        parts += (["!"] if proto.startswith("!") else []) + ["-p", "all" if name == "ip" else name]
     if family == 4 and ip.flags & 0x01:  # IPT_F_FRAG
         parts += (["!"] if ip.invflags & 0x20 else []) + ["-f"]
     for match in rule.matches:

@@ -1,0 +1,36 @@
+# istio-iptables developer entry points.  Run as root for demo/test-netns/bench/image/e2e.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install dev test test-unit lint demo bench image e2e clean
+
+install:            ## install the tool (console scripts istio-iptables, istio-clean-iptables)
+	$(PIP) install .
+
+dev:                ## install with test and lint extras, editable
+	$(PIP) install -e '.[test,lint]'
+
+test:               ## all tests; netns tests run as root (REQUIRE_NETNS=1 turns their skips into failures)
+	$(PYTHON) -m pytest -q
+
+test-unit:          ## tests that need no root
+	$(PYTHON) -m pytest -q -m 'not netns'
+
+lint:               ## ruff and mypy, both must be clean
+	$(PYTHON) -m ruff check istio_iptables tests
+	$(PYTHON) -m mypy
+
+demo:               ## scratch pod namespace, standard profile, show the rules and where a connection lands
+	$(PYTHON) -m istio_iptables.demo
+
+bench:              ## startup cost against the floor and the shell baseline (root)
+	$(PYTHON) bench/bench.py
+
+image:              ## build the init-container image (podman), from a local Debian base
+	bash images/build.sh
+
+e2e:                ## run the Pod manifest with podman kube play and prove where traffic lands
+	bash images/e2e.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

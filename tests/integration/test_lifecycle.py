@@ -1,0 +1,181 @@
+"""Apply, re-run, drift, reconcile, cleanup, rollback and validation on a real kernel."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.netlab import NetLab
+
+from .conftest import STANDARD, applied, istio, saved
+
+pytestmark = pytest.mark.netns
+FOREIGN_RULE = ("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN")
+
+
+def _istio_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "ISTIO" in line]
+
+
+def _by_table(text: str) -> dict[str, list[str]]:
+    """Rules and chains per table, in order (legacy and nft print tables in different orders)."""
+    tables: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:]
+        elif line.startswith(("-A", ":")):
+            tables.setdefault(current, []).append(line)
+    return {name: lines for name, lines in tables.items() if any("ISTIO" in line for line in lines)}
+
+
+def _tables(text: str, names: tuple[str, ...] = ("mangle", "nat", "raw")) -> str:
+    """Only the given tables of a save dump (python-iptables also loads filter/security)."""
+    keep, out = False, []
+    for line in text.splitlines():
+        if line.startswith("*"):
+            keep = line[1:] in names
+        if keep:
+            out.append(line)
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_rerun_is_a_noop_and_cleanup_restores_the_original_ruleset(lab: NetLab, backend: str) -> None:
+    lab.run("pod", f"iptables-{backend}", *FOREIGN_RULE)
+    before = saved(lab, backend=backend)
+    flags = (*STANDARD, "--ipv6", "off", "--force-iptables-binary", backend)
+
+    applied(lab, *flags)
+    after_first = saved(lab, backend=backend)
+    second = applied(lab, *flags)
+    assert "in-sync" in second.stderr
+    assert saved(lab, backend=backend) == after_first
+    assert _istio_lines(after_first)
+
+    applied(lab, *flags, "--cleanup-only")
+    assert saved(lab, backend=backend) == before
+    assert "--dport 9999 -j RETURN" in before
+    applied(lab, *flags, "--cleanup-only")  # cleaning a clean namespace is fine too
+    assert saved(lab, backend=backend) == before
+
+
+def test_positional_clean_and_istio_clean_iptables_remove_everything(lab: NetLab) -> None:
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    before = saved(lab)
+    applied(lab, *STANDARD, "--ipv6", "off")
+    applied(lab, "clean", "--ipv6", "off")
+    assert saved(lab) == before
+    applied(lab, *STANDARD, "--ipv6", "off")
+    done = __import__("subprocess").run(
+        ["ip", "netns", "exec", lab.pod_ns, "python3", "-c",
+         "import sys; from istio_iptables.cli import clean_main; sys.exit(clean_main(['--ipv6', 'off']))"],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert saved(lab) == before
+
+
+def test_drift_is_refused_then_reconciled(lab: NetLab) -> None:
+    applied(lab, *STANDARD, "--ipv6", "off")
+    standard_rules = saved(lab)
+    other = ("-i", "*", "-b", "8080", "--ipv6", "off")
+
+    refused = istio(lab, *other)
+    assert refused.returncode == 1
+    assert "--reconcile" in refused.stderr
+    assert saved(lab) == standard_rules
+
+    applied(lab, *other, "--reconcile")
+    reconciled = saved(lab)
+    assert "--dport 8080 -j ISTIO_IN_REDIRECT" in reconciled
+    assert "--dport 15090" not in reconciled
+    applied(lab, *other, "--cleanup-only")
+    applied(lab, *other)
+    assert saved(lab) == reconciled  # same as a fresh apply of the new flags
+
+
+def test_reconcile_keeps_foreign_rules(lab: NetLab) -> None:
+    applied(lab, *STANDARD, "--ipv6", "off")
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    applied(lab, "-i", "*", "--ipv6", "off", "--reconcile")
+    assert "--dport 9999 -j RETURN" in saved(lab)
+
+
+def test_backends_write_the_same_ruleset(lab: NetLab) -> None:
+    flags = (*STANDARD, "--ipv6", "off", "--redirect-dns", "--capture-all-dns", "-m", "TPROXY")
+    applied(lab, *flags, "--force-iptables-binary", "legacy")
+    legacy = saved(lab, backend="legacy")
+    applied(lab, *flags, "--force-iptables-binary", "legacy", "--cleanup-only")
+
+    applied(lab, *flags, "--backend", "libiptc")
+    libiptc = saved(lab, backend="legacy")
+    applied(lab, *flags, "--backend", "libiptc", "--cleanup-only")
+
+    applied(lab, *flags, "--force-iptables-binary", "nft")
+    nft = saved(lab, backend="nft")
+
+    assert _istio_lines(legacy)
+    assert _tables(legacy) == _tables(libiptc)
+    assert _by_table(nft) == _by_table(legacy)
+
+
+def test_libiptc_is_refused_on_an_nft_namespace(lab: NetLab) -> None:
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    before_legacy = saved(lab, backend="legacy")
+    done = istio(lab, *STANDARD, "--ipv6", "off", "--backend", "libiptc")
+    assert done.returncode == 1
+    assert "iptables-nft" in done.stderr
+    assert saved(lab, backend="legacy") == before_legacy
+
+
+def test_failing_ipv6_restore_leaves_the_namespace_untouched(lab: NetLab, tmp_path: Path) -> None:
+    fake = tmp_path / "ip6tables-nft-restore"
+    fake.write_text("#!/bin/sh\necho 'ip6tables-nft-restore: line 3 failed: No chain/target/match by that name.' >&2\n"
+                    "exit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    before4, before6 = saved(lab), saved(lab, ipv6=True)
+
+    done = istio(lab, *STANDARD, "--dual-stack", "--force-iptables-binary", "nft", env=env)
+
+    assert done.returncode == 1
+    assert "ip6tables-nft-restore refused" in done.stderr
+    assert (saved(lab), saved(lab, ipv6=True)) == (before4, before6)
+
+
+def test_failure_after_both_families_were_written_is_rolled_back(lab: NetLab) -> None:
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    lab.run("pod", "ip6tables-nft", *FOREIGN_RULE)
+    before4, before6 = saved(lab), saved(lab, ipv6=True)
+    lab.sysctl("pod", "net.ipv6.conf.lo.disable_ipv6", "1")  # makes adding ::6 to lo fail
+
+    done = istio(lab, *STANDARD, "--dual-stack")
+
+    assert done.returncode == 1
+    assert "restored to its state before this run" in done.stderr
+    assert (saved(lab), saved(lab, ipv6=True)) == (before4, before6)
+
+
+def test_validation_passes_after_apply_and_fails_without_rules(lab: NetLab) -> None:
+    failed = istio(lab, "--run-validation", "--skip-rule-apply", "--probe-timeout", "2s", "--ipv6", "off")
+    assert failed.returncode == 126
+    assert "validation failed" in failed.stderr
+
+    applied(lab, *STANDARD, "--ipv6", "off", "--run-validation")
+    applied(lab, "--run-validation", "--skip-rule-apply", "--ipv6", "off")
+
+
+def test_tproxy_cleanup_removes_routes_and_address(lab: NetLab) -> None:
+    before = lab.run("pod", "ip", "rule").stdout
+    applied(lab, "-m", "TPROXY", "-b", "*", "--dual-stack")
+    assert "lookup 133" in lab.run("pod", "ip", "-6", "rule").stdout
+    applied(lab, "-m", "TPROXY", "-b", "*", "--dual-stack")  # routes too are idempotent
+
+    applied(lab, "-m", "TPROXY", "-b", "*", "--dual-stack", "--cleanup-only")
+
+    assert lab.run("pod", "ip", "rule").stdout == before
+    assert "lookup 133" not in lab.run("pod", "ip", "-6", "rule").stdout
+    assert "::6/128" not in lab.run("pod", "ip", "-6", "addr", "show", "dev", "lo").stdout
