@@ -76,7 +76,9 @@ DNS_RAW_RULES: list[Line] = [
     ("raw", "-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2"),
 ]
 
-STANDARD_CHAINS = [("nat", c) for c in [*NAT_CHAINS, "ISTIO_OUTPUT_DNS"]] + [("raw", "ISTIO_OUTPUT_DNS")]
+# raw first: the backend commits tables in first-use order, so a nat table the kernel
+# rejects comes after a committed raw table, which must then be reverted.
+STANDARD_CHAINS = [("raw", "ISTIO_OUTPUT_DNS")] + [("nat", c) for c in [*NAT_CHAINS, "ISTIO_OUTPUT_DNS"]]
 
 TPROXY_CHAINS = [("mangle", c) for c in ("ISTIO_DIVERT", "ISTIO_TPROXY", "ISTIO_INBOUND", "ISTIO_DROP")]
 
@@ -123,6 +125,9 @@ COMMIT
 COMMIT
 *raw
 -A PREROUTING -p udp --dport 9999 -j ACCEPT
+COMMIT
+*mangle
+-A OUTPUT -m mark --mark 7 -j RETURN
 COMMIT
 """,
 }
@@ -384,7 +389,7 @@ FAILURES = {
     "insert-past-end": ("nat", "-I ISTIO_INBOUND 9 -j RETURN", "ISTIO_INBOUND"),
     # Accepted by libiptc, refused by the kernel at commit: CT is a raw-table target.  The raw
     # table, committed earlier, must be reverted.
-    "kernel-rejects-commit": ("nat", "-A ISTIO_OUTPUT -p udp -j CT --zone 3", "CT"),
+    "kernel-rejects-commit": ("nat", "-A ISTIO_OUTPUT -p udp -j CT --zone 3", "kernel rejected"),
 }
 
 
@@ -407,6 +412,8 @@ def test_failing_rule_writes_nothing(netns: Callable[[], str], family: int, case
         assert answer["table"] == table
         assert answer["chain"] == shlex.split(bad)[1]
         assert answer["rule"] == bad
+    else:
+        assert "reverted" in message and "raw" in message, message
     assert {fam: legacy_save(ns, fam) for fam in (4, 6)} == before
 
 

@@ -1,0 +1,182 @@
+"""The command line: Istio's flags and environment, one-line errors, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import string
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from istio_iptables.cli import OPTIONS, main
+
+STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+            "-d", "15090,15021,15020"]
+SEED = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "", "-d", "15020"]
+
+
+def dry(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    assert main(["--dry-run", "--ipv6", "off", *args]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+
+
+def error_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(["--dry-run", "--ipv6", "off", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_standard_profile_captures_inbound_except_proxy_ports_and_all_outbound(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rules = dry(capsys, *STANDARD)
+    assert "-A PREROUTING -p tcp -j ISTIO_INBOUND" in rules
+    for port in ("15090", "15021", "15020", "15008"):
+        assert f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN" in rules
+    assert rules.index("-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN") < rules.index(
+        "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT")
+    assert rules[-2:] == ["-A ISTIO_OUTPUT -j ISTIO_REDIRECT", "COMMIT"]
+    assert "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN" in rules
+    assert "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN" in rules
+    assert "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN" in rules
+
+
+def test_seed_arguments_capture_no_inbound(capsys: pytest.CaptureFixture[str]) -> None:
+    rules = dry(capsys, *SEED)
+    assert not [r for r in rules if r.startswith("-A PREROUTING")]
+    assert "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT" not in rules
+    assert not [r for r in rules if "--dport 15020" in r]  # -d only matters with -b '*'
+    assert "-A ISTIO_OUTPUT -j ISTIO_REDIRECT" in rules
+
+
+def test_environment_is_read_and_flags_beat_it(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ISTIO_INBOUND_PORTS", "7000")
+    monkeypatch.setenv("ENVOY_PORT", "16001")
+    rules = dry(capsys)
+    assert "-A ISTIO_INBOUND -p tcp --dport 7000 -j ISTIO_IN_REDIRECT" in rules
+    assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 16001" in rules
+    rules = dry(capsys, "-b", "", "--envoy-port", "17001")
+    assert not [r for r in rules if "7000" in r]
+    assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 17001" in rules
+
+
+def test_long_forms_equal_short_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    short = dry(capsys, *STANDARD)
+    long = dry(capsys, "--envoy-port", "15001", "--inbound-capture-port", "15006", "--proxy-uid", "1337",
+               "--istio-inbound-interception-mode", "REDIRECT", "--istio-service-cidr", "*",
+               "--istio-service-exclude-cidr", "", "--istio-inbound-ports", "*",
+               "--istio-local-exclude-ports", "15090,15021,15020")
+    assert short == long
+
+
+def test_go_style_boolean_values_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dry(capsys, "--drop-invalid=true") == dry(capsys, "--drop-invalid")
+    assert dry(capsys, "--drop-invalid=false") == dry(capsys)
+
+
+def test_proxy_gid_defaults_to_uid_and_envoy_user_fallback(capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = dry(capsys, "-u", "1000")
+    assert "-A ISTIO_OUTPUT -m owner --gid-owner 1000 -j RETURN" in rules
+    monkeypatch.setenv("ENVOY_USER", "root")
+    assert "-A ISTIO_OUTPUT -m owner --uid-owner 0 -j RETURN" in dry(capsys)
+    monkeypatch.setenv("ENVOY_USER", "no-such-user-here")
+    assert "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN" in dry(capsys)
+
+
+@pytest.mark.parametrize(("args", "flag", "value"), [
+    (["-b", "80,abc"], "-b/--istio-inbound-ports", "80,abc"),
+    (["-p", "70000"], "-p/--envoy-port", "70000"),
+    (["-z", "0"], "-z/--inbound-capture-port", "0"),
+    (["-x", "*"], "-x/--istio-service-exclude-cidr", "*"),
+    (["-i", "10.0.0.0/33"], "-i/--istio-service-cidr", "10.0.0.0/33"),
+    (["-i", "10.0.0.1"], "-i/--istio-service-cidr", "10.0.0.1"),
+    (["-m", "MAGIC"], "-m/--istio-inbound-interception-mode", "MAGIC"),
+    (["-c", "eth0;reboot"], "-c/--istio-exclude-interfaces", "eth0;reboot"),
+    (["-k", "a-very-long-interface-name"], "-k/--kube-virt-interfaces", "a-very-long-interface-name"),
+    (["-u", "$(id)"], "-u/--proxy-uid", "$(id)"),
+    (["-r", "254"], "-r/--istio-inbound-tproxy-route-table", "254"),
+    (["-d", "*"], "-d/--istio-local-exclude-ports", "*"),
+    (["--probe-timeout", "soon"], "--probe-timeout", "soon"),
+    (["--force-iptables-binary", "magic"], "--force-iptables-binary", "magic"),
+    (["-p", "15006"], "-z/--inbound-capture-port", "15006"),
+])
+def test_bad_values_give_one_line_naming_flag_and_value(capsys: pytest.CaptureFixture[str], args: list[str],
+                                                        flag: str, value: str) -> None:
+    line = error_of(capsys, *args)
+    assert flag in line
+    assert repr(value) in line
+
+
+def test_bad_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.1/32")
+    assert "$ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR" in error_of(capsys)
+    monkeypatch.delenv("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR")
+    monkeypatch.setenv("ISTIO_LOCAL_EXCLUDE_PORTS", "x")
+    assert "$ISTIO_LOCAL_EXCLUDE_PORTS" in error_of(capsys, "-b", "*")
+
+
+def test_unknown_flag_and_missing_value_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--no-such-flag" in error_of(capsys, "--no-such-flag")
+    assert "-p" in error_of(capsys, "-p")
+    assert "only 'clean'" in error_of(capsys, "purge")
+
+
+def test_trailing_commas_are_ignored_as_istio_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dry(capsys, "-b", "80,", "-i", "10.0.0.0/8,") == dry(capsys, "-b", "80", "-i", "10.0.0.0/8")
+
+
+def test_outputs_commands_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-n", "--ipv6", "on", "--output", "commands", "-m", "TPROXY", "-b", "*"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert "iptables -t nat -N ISTIO_INBOUND" in commands
+    assert "ip6tables -t mangle -A ISTIO_DIVERT -j ACCEPT" in commands
+    assert "ip -4 rule add fwmark 1337 lookup 133" in commands
+    assert "ip -6 route add local default dev lo table 133" in commands
+    assert "ip -6 addr add ::6/128 dev lo" in commands
+    assert main(["-n", "--ipv6", "off", "--output", "json", "-i", "*"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["ipv4"]["nat"]["rules"][-1] == "-A ISTIO_OUTPUT -j ISTIO_REDIRECT"
+    assert "ipv6" not in plan
+
+
+def test_help_mentions_the_t_flag_change_and_console_script_works() -> None:
+    done = subprocess.run([sys.executable, "-m", "istio_iptables", "--help"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0
+    assert "unit test" in done.stdout and "--istio-inbound-tproxy-mark" in done.stdout
+    for option in OPTIONS:
+        assert option.long in done.stdout
+
+
+_VALUE = st.one_of(
+    st.text(alphabet=string.printable, max_size=20),
+    st.sampled_from(["*", "", ",", "1,2,", "0", "65536", "10.0.0.0/8", "::/0", "fe80::1/64", "eth0", "REDIRECT",
+                     "TPROXY", "true", "1337", "x" * 40]),
+)
+_FLAGS = ["-p", "-z", "-e", "-u", "-g", "-m", "-t", "-r", "-b", "-d", "-c", "-i", "-x", "-q", "-o", "-k",
+          "--probe-timeout", "--iptables-probe-port", "--force-iptables-binary", "--output"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(_FLAGS), _VALUE), max_size=6))
+def test_random_flag_values_exit_0_or_2_with_one_line(capsys: pytest.CaptureFixture[str],
+                                                      pairs: list[tuple[str, str]]) -> None:
+    argv = ["--dry-run", "--ipv6", "on"]
+    for flag, value in pairs:
+        argv += [flag, value]
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status in (0, 2)
+    if status == 2:
+        assert len(captured.err.splitlines()) == 1, captured.err
+        assert "Traceback" not in captured.err
+    else:
+        assert captured.err == "" or "Traceback" not in captured.err
