@@ -134,6 +134,10 @@ class Plan:
     def families(self) -> list[FamilyPlan]:
         return [self.v4] if self.v6 is None else [self.v4, self.v6]
 
+    def system_steps(self) -> list[AddressStep | RouteStep]:
+        """The non-iptables steps, in the order they are applied."""
+        return [*self.addresses, *self.routes]
+
 
 class _RuleAdder(Protocol):
     def __call__(self, table: str, chain: str, *params: str, position: int | None = None) -> None: ...

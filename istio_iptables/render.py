@@ -35,7 +35,7 @@ def render_restore(plan: Plan) -> str:
         binary = IPTABLES_BY_FAMILY[family_plan.family]
         out.append(f"# {binary}-restore --noflush (IPv{family_plan.family})\n")
         out.append(restore_text(family_plan))
-    for step in (*plan.addresses, *plan.routes):
+    for step in plan.system_steps():
         out.append(f"# {step.describe()}\n")
     return "".join(out)
 
@@ -49,7 +49,7 @@ def command_lines(plan: Plan) -> list[str]:
             lines.append(shlex.join([binary, "-t", table, "-N", chain]))
         for rule in family_plan.rules:
             lines.append(shlex.join([binary, "-t", rule.table, *rule.verb_args]))
-    lines += [step.describe() for step in (*plan.addresses, *plan.routes)]
+    lines += [step.describe() for step in plan.system_steps()]
     return lines
 
 
