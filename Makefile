@@ -21,7 +21,7 @@ lint:               ## ruff and mypy, both must be clean
 	$(PYTHON) -m mypy
 
 demo:               ## scratch pod namespace, standard profile, show the rules and where a connection lands
-	$(PYTHON) -m istio_iptables.demo
+	$(PYTHON) scripts/demo.py
 
 bench:              ## startup cost against the floor and the shell baseline (root)
 	$(PYTHON) bench/bench.py
