@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 from . import hostfacts, netlink, render, state
 from .backends import restore as rb
-from .cli import RunOptions
-from .config import CaptureConfig, ConfigError
+from .config import CaptureConfig, ConfigError, RunOptions
 from .plan import IPV6_INBOUND_PASSTHROUGH, FamilyPlan, Plan, RouteStep, Rule, build_plan
 
 log = logging.getLogger("istio_iptables")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import config as c
-from .config import CaptureConfig, ConfigError
+from .config import CaptureConfig, ConfigError, RunOptions
 
 PROG = "istio-iptables"
 EXIT_USAGE = 2
@@ -119,27 +119,6 @@ ENV_ONLY = {
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """How to run: everything that does not change which rules are planned."""
-
-    dry_run: bool = False
-    cleanup_only: bool = False
-    reconcile: bool = False
-    force_apply: bool = False
-    skip_rule_apply: bool = False
-    run_validation: bool = False
-    probe_port: int = 15002
-    probe_timeout: float = 5.0
-    network_namespace: str = ""
-    force_iptables_binary: str = ""
-    backend: str = "restore"
-    ipv6: str = "auto"
-    resolv_conf: str = "/etc/resolv.conf"
-    output: str = "restore"
-    log_format: str = "text"
-
-
-@dataclass(frozen=True)
 class Settings:
     capture: CaptureConfig
     run: RunOptions
@@ -169,9 +148,6 @@ class _Raw:
         for dest, (env_name, default) in ENV_ONLY.items():
             self.values[dest] = env.get(env_name, default)
             self.sources[dest] = f"${env_name}"
-
-    def given(self, dest: str) -> bool:
-        return self.values[dest] != OPTIONS_BY_DEST[dest].default if dest in OPTIONS_BY_DEST else True
 
     def flag(self, dest: str) -> str:
         return self.sources[dest]

@@ -103,6 +103,27 @@ class CaptureConfig:
         return self.mode == TPROXY
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: everything that does not change which rules are planned."""
+
+    dry_run: bool = False
+    cleanup_only: bool = False
+    reconcile: bool = False
+    force_apply: bool = False
+    skip_rule_apply: bool = False
+    run_validation: bool = False
+    probe_port: int = 15002
+    probe_timeout: float = 5.0
+    network_namespace: str = ""
+    force_iptables_binary: str = ""
+    backend: str = "restore"
+    ipv6: str = "auto"
+    resolv_conf: str = "/etc/resolv.conf"
+    output: str = "restore"
+    log_format: str = "text"
+
+
 def split_list(raw: str) -> list[str]:
     """Split a comma list the way Istio does: empty items (trailing commas) vanish."""
     return [item.strip() for item in raw.split(",") if item.strip()]

@@ -17,8 +17,7 @@ import socket
 import struct
 import time
 
-from .cli import RunOptions
-from .config import CaptureConfig
+from .config import CaptureConfig, RunOptions
 
 log = logging.getLogger("istio_iptables")
 SO_ORIGINAL_DST = 80
