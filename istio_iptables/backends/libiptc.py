@@ -1,32 +1,40 @@
-"""In-process iptables-legacy backend: writes planned rules with python-iptables (libiptc).
+"""iptables-legacy backend without iptables binaries: planned rules written with python-iptables.
 
 Instead of feeding text to ``iptables-legacy-restore``, each rule's argv (``-p tcp
 --dport 15008 -j RETURN`` ...) is converted into an ``iptc.Rule`` / ``iptc.Rule6``
 and inserted into an in-memory libiptc handle of its table.  Nothing reaches the
 kernel until every rule of every table has been converted and inserted; only then
 is each touched table committed.  Any failure before that discards the handles, so
-the kernel is left exactly as it was.
+the kernel is left exactly as it was.  (The kernel can still refuse a table at
+commit time; tables committed before it are then reverted.)
 
-Notes on python-iptables (1.x) that shape this module:
+API: :func:`apply_rules`, :func:`delete_rules`, :func:`save`, :class:`LibiptcError`;
+rules are anything shaped like :class:`RuleLike` (``istio_iptables.plan.Rule``).
 
-* Importing ``iptc`` is slow by default: it resolves libc, libxtables, libip4tc,
-  libip6tc and its own ``libxtwrapper`` through ``ctypes.util.find_library`` (each
-  call runs ``ldconfig -p``, and for ``libxtwrapper`` also ``gcc`` and ``ld``), and
-  runs ``ldconfig -N -v`` to find the extension directory unless ``XTABLES_LIBDIR``
+Notes on python-iptables (1.x) and libxtables (1.8) that shape this module:
+
+* Importing ``iptc`` is slow by default (~250 ms): ``iptc.util`` imports
+  ``distutils.sysconfig``, which setuptools' distutils shim turns into an import of
+  all of setuptools; libc, libxtables, libip4tc, libip6tc and ``libxtwrapper`` are
+  located with ``ctypes.util.find_library`` (``ldconfig -p`` each, plus ``gcc`` and
+  ``ld`` for ``libxtwrapper``); and ``ldconfig -N -v`` runs unless ``XTABLES_LIBDIR``
   is set.  :func:`prepare_environment` sets ``XTABLES_LIBDIR``, ``IPTABLES_LIBDIR``
-  and ``PYTHON_IPTABLES_XTABLES_VERSION`` (only where unset) so the libraries are
-  opened by path, and :func:`_load_iptc` answers the remaining ``find_library``
-  calls (libc, libip4tc, libip6tc) from the multiarch library directories while it
-  imports ``iptc``.  ``iptc`` is imported lazily, on first use, never at import time.
+  and ``PYTHON_IPTABLES_XTABLES_VERSION`` where unset, and :func:`_load_iptc`
+  answers the remaining ``find_library`` calls from the multiarch directories and
+  lets the ``distutils.sysconfig`` import fail fast (iptc falls back to sysconfig).
+  ``iptc`` is imported on first use only, never when this module is imported.
+* One address family per process: libxtables registers a family-specific extension
+  (REDIRECT, TPROXY, multiport) only for the family current when its .so was first
+  loaded.  Each call therefore runs in a forked worker by default (``isolate=True``,
+  see :func:`_dispatch`).
 * Negation: addresses, interfaces and the protocol take a leading ``"!"`` in the
   value (``rule.dst = "!127.0.0.1/32"``); a match or target option is negated by a
   leading ``"!"`` element of the value passed to ``parse`` (``["!", "15008"]``).
 * ``Chain.insert_rule(rule, position)`` takes a 0-based position; ``-I CHAIN N`` is
   ``insert_rule(rule, N - 1)``.
 * Jumps to user chains and the verdicts ACCEPT/DROP/RETURN/QUEUE are "standard"
-  targets; libiptc maps them by name when the rule is inserted.  A name that is
-  neither a verdict, nor a chain of the rule's table, nor a loadable target
-  extension is rejected here, before anything is written.
+  targets that libiptc maps by name.  A ``-j`` name that is neither a verdict, nor
+  a chain of the rule's table, nor a loadable target extension is rejected here.
 * python-iptables takes no xtables lock; this module takes ``/run/xtables.lock``
   (or ``$XTABLES_LOCKFILE``) like iptables-legacy does, so concurrent iptables
   invocations cannot interleave with a commit.
@@ -37,14 +45,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib
-import logging
 import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -57,7 +63,13 @@ __all__ = [
     "save",
 ]
 
-log = logging.getLogger(__name__)
+
+def _log() -> Any:
+    """This module's logger; logging is imported on first use only (start-up cost)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 #: How long to wait for the xtables lock held by another iptables user, in seconds.
 XTABLES_LOCK_WAIT = 30.0
@@ -115,7 +127,7 @@ class _ConvertError(Exception):
 
 _LOAD_LOCK = threading.Lock()
 _iptc_module: Any = None
-_SIMPLE_LIBNAME = re.compile(r"^[A-Za-z0-9_+-]+$")
+_SIMPLE_LIBNAME = r"^[A-Za-z0-9_+-]+$"
 
 
 def _multiarch() -> str | None:
@@ -146,21 +158,30 @@ def _library_dirs() -> list[str]:
     return result
 
 
-_SONAME = re.compile(r"^lib(?P<name>.+)\.so\.(?P<major>\d+)(?:\.\d+)*$")
+_DIR_LISTINGS: dict[str, list[str]] = {}
+
+
+def _listdir(d: str) -> list[str]:
+    listing = _DIR_LISTINGS.get(d)
+    if listing is None:
+        try:
+            listing = os.listdir(d)
+        except OSError:
+            listing = []
+        _DIR_LISTINGS[d] = listing
+    return listing
 
 
 def _find_soname(name: str, dirs: Sequence[str]) -> tuple[str, int] | None:
-    """The shortest ``lib<name>.so.<major>`` file in the first directory holding one."""
+    """The shortest ``lib<name>.so.<major>[.x.y]`` file in the first directory holding one."""
+    prefix = f"lib{name}.so."
     for d in dirs:
-        try:
-            entries = os.listdir(d)
-        except OSError:
-            continue
         found = []
-        for entry in entries:
-            m = _SONAME.match(entry)
-            if m and m.group("name") == name:
-                found.append((len(entry), entry, int(m.group("major"))))
+        for entry in _listdir(d):
+            if entry.startswith(prefix):
+                version = entry[len(prefix):].split(".")
+                if all(part.isdigit() for part in version):
+                    found.append((len(entry), entry, int(version[0])))
         if found:
             _, entry, major = min(found)
             return os.path.join(d, entry), major
@@ -219,7 +240,7 @@ def _fast_find_library(original: Callable[[str], str | None]) -> Callable[[str],
         dirs = [d for d in extra.split(":") if d] + dirs
 
     def find(name: str) -> str | None:
-        if _SIMPLE_LIBNAME.match(name):
+        if re.match(_SIMPLE_LIBNAME, name):
             hit = _find_soname(name, dirs)
             if hit is not None:
                 return hit[0]
@@ -240,18 +261,32 @@ def _load_iptc() -> Any:
 
             original = ctypes.util.find_library
             setattr(ctypes.util, "find_library", _fast_find_library(original))  # noqa: B010
+            # iptc.util tries `from distutils.sysconfig import get_python_lib` and falls back to
+            # sysconfig on ModuleNotFoundError.  With setuptools installed, that import pulls
+            # in all of setuptools and pkg_resources (~150 ms); a None entry makes it fail fast.
+            blocked = "distutils.sysconfig" not in sys.modules
+            if blocked:
+                sys.modules["distutils.sysconfig"] = None  # type: ignore[assignment]
             try:
                 _iptc_module = importlib.import_module("iptc")
             except Exception as exc:  # XTablesError, OSError, AttributeError from ctypes
                 raise LibiptcError(f"cannot load python-iptables (libiptc/libxtables): {exc}") from exc
             finally:
+                _DIR_LISTINGS.clear()
                 setattr(ctypes.util, "find_library", original)  # noqa: B010
+                if blocked and sys.modules.get("distutils.sysconfig", 0) is None:
+                    del sys.modules["distutils.sysconfig"]
     return _iptc_module
 
 
 # --------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------
+
+
+def _lib_message(exc: BaseException) -> str:
+    """python-iptables' message with its bytes reprs (``b'Invalid argument'``) unwrapped."""
+    return re.sub(r"""\bb(['"])(.*?)\1""", r"\2", str(exc)) or type(exc).__name__
 
 
 def _check_family(family: int) -> None:
@@ -306,7 +341,7 @@ def _xtables_lock() -> Iterator[None]:
     try:
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        log.debug("xtables lock %s unavailable (%s); continuing without it", path, exc)
+        _log().debug("xtables lock %s unavailable (%s); continuing without it", path, exc)
         fd = -1
     try:
         if fd >= 0:
@@ -347,7 +382,7 @@ class _Tables:
                 handle.refresh()
             except Exception as exc:
                 raise LibiptcError(
-                    f"{_FAMILY_NAMES[self.family]}: cannot open table {name!r}: {exc}", table=name
+                    f"{_FAMILY_NAMES[self.family]}: cannot open table {name!r}: {_lib_message(exc)}", table=name
                 ) from exc
             self.handles[name] = handle
         return handle
@@ -359,7 +394,7 @@ class _Tables:
                 handle.autocommit = False
                 handle.refresh()
             except Exception as exc:  # pragma: no cover - only if the kernel goes away
-                log.warning("could not reset %s table %s: %s", _FAMILY_NAMES[self.family], name, exc)
+                _log().warning("could not reset %s table %s: %s", _FAMILY_NAMES[self.family], name, exc)
 
 
 # --------------------------------------------------------------------------------------
@@ -393,20 +428,20 @@ def _is_option(token: str) -> bool:
     return token.startswith("--") or (len(token) == 2 and token[0] == "-" and token[1].isalpha())
 
 
-@dataclass
 class _Converter:
     """Builds one python-iptables rule from an iptables argv, iptables' way."""
 
-    iptc: Any
-    family: int
-    table: Any
-    params: Sequence[str]
-    rule: Any = None
-    matches: list[Any] = field(default_factory=list)
-    target: Any = None
-    proto: str | None = None
-    proto_inverted: bool = False
-    implicit_loaded: bool = False
+    def __init__(self, iptc: Any, family: int, table: Any, params: Sequence[str]) -> None:
+        self.iptc = iptc
+        self.family = family
+        self.table = table
+        self.params = params
+        self.rule: Any = None
+        self.matches: list[Any] = []
+        self.target: Any = None
+        self.proto: str | None = None
+        self.proto_inverted = False
+        self.implicit_loaded = False
 
     def convert(self) -> Any:
         _, rule_cls = _table_classes(self.iptc, self.family)
@@ -463,7 +498,16 @@ class _Converter:
             self.rule.out_interface = neg + self._one(option, values)
         elif option in ("-p", "--protocol"):
             value = self._one(option, values).lower()
-            self.rule.protocol = neg + value
+            try:
+                self.rule.protocol = neg + value
+            except ValueError:  # a name python-iptables does not know, e.g. ipv6-icmp
+                import socket
+
+                try:
+                    number = socket.getprotobyname(value)
+                except OSError:
+                    raise _ConvertError(f"unknown protocol {value!r}") from None
+                self.rule.protocol = f"{neg}{number}"
             self.proto = self.rule.protocol.lstrip("!")
             self.proto_inverted = invert
         elif option in ("-f", "--fragment"):
@@ -549,7 +593,7 @@ class _Converter:
             if hits:
                 owner, canonical = hits[0]
         if owner is None:
-            loaded = ", ".join(e.name for e in candidates) or "none"
+            loaded = ", ".join(e.name for e in pool) or "none"
             raise _ConvertError(f"unknown option --{name} (loaded extensions: {loaded})")
         if owner is implicit:
             self.rule.add_match(implicit)
@@ -563,20 +607,107 @@ def _convert(iptc: Any, family: int, table: Any, params: Sequence[str]) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Public API
+# One family per process: the worker
+# --------------------------------------------------------------------------------------
+
+#: The family this process has used python-iptables for in-process (isolate=False).
+_inprocess_family: int | None = None
+
+
+def _dispatch(family: int, isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a forked worker process (``isolate``) or in this process.
+
+    libxtables 1.8 registers a family-specific extension (REDIRECT, TPROXY, multiport,
+    ...) only for the family that was current when its shared object was first
+    loaded, so after IPv4 work the IPv6 variants are never found; when
+    python-iptables then re-runs the extension's init, libxtables may call
+    ``exit(1)`` ("target ... already registered").  python-iptables' author advises
+    one address family per process.  By default every call therefore runs in a
+    forked child that imports python-iptables afresh (~20 ms) and sends its answer
+    back; this process never loads libxtables.  ``isolate=False`` works in this
+    process, and is refused for a second family.
+    """
+    _check_family(family)
+    if _inprocess_family is not None and _inprocess_family != family:
+        raise LibiptcError(
+            f"python-iptables was already used in this process for IPv{_inprocess_family} "
+            f"(isolate=False); libxtables cannot serve IPv{family} in the same process"
+        )
+    if not isolate:
+        _claim_family(family)
+        return fn(*args)
+    return _in_child(fn, *args)
+
+
+def _claim_family(family: int) -> None:
+    global _inprocess_family
+    _inprocess_family = family
+
+
+def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in a forked child; its result (JSON-able) or LibiptcError comes back."""
+    import json
+    import tempfile
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with tempfile.TemporaryFile() as err_file:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 0
+            try:
+                os.close(read_fd)
+                os.dup2(err_file.fileno(), 2)
+                try:
+                    answer: dict[str, Any] = {"result": fn(*args)}
+                except LibiptcError as exc:
+                    answer = {"error": str(exc), "table": exc.table, "chain": exc.chain, "rule": exc.rule}
+                except BaseException as exc:
+                    answer = {"error": f"{type(exc).__name__}: {_lib_message(exc)}"}
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(json.dumps(answer).encode())
+            except BaseException:
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as answer_pipe:
+            raw = answer_pipe.read()
+        _, status = os.waitpid(pid, 0)
+        err_file.seek(0)
+        stderr = err_file.read().decode(errors="replace").strip()
+    if not raw:
+        how = (f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exited with status {os.waitstatus_to_exitcode(status)}")
+        detail = f": {stderr}" if stderr else ""
+        raise LibiptcError(f"the libiptc worker process {how} without an answer{detail}")
+    if stderr:
+        print(stderr, file=sys.stderr)  # libxtables warnings, passed on
+    reply: dict[str, Any] = json.loads(raw)
+    if "error" in reply:
+        raise LibiptcError(reply["error"], table=reply.get("table"), chain=reply.get("chain"),
+                           rule=reply.get("rule"))
+    return reply["result"]
+
+
+# --------------------------------------------------------------------------------------
+# Public API and its in-process workers
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
 class _TableWork:
     """What apply_rules did to one table, so a later commit failure can be undone."""
 
-    created: list[str] = field(default_factory=list)
-    flushed: list[str] = field(default_factory=list)
-    added: list[tuple[str, Any]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.flushed: list[str] = []
+        self.added: list[tuple[str, Any]] = []
 
 
-def apply_rules(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[RuleLike]) -> None:
+def apply_rules(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[RuleLike], *,
+                isolate: bool = True) -> None:
     """Create ``chains`` and add ``rules`` in order, all or nothing.
 
     ``chains`` are (table, chain) pairs.  A missing chain is created; an existing user
@@ -589,8 +720,13 @@ def apply_rules(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[
     :class:`LibiptcError` names the table, chain, rule and the library's message.
     If the kernel rejects a table at commit time, tables committed before it are
     reverted (rules deleted, created chains removed) before the error is raised.
+
+    ``isolate``: see :func:`_dispatch`.
     """
-    _check_family(family)
+    _dispatch(family, isolate, _apply_here, family, list(chains), list(rules))
+
+
+def _apply_here(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[RuleLike]) -> None:
     iptc = _load_iptc()
     fam = _FAMILY_NAMES[family]
     with _xtables_lock():
@@ -611,7 +747,8 @@ def apply_rules(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[
                         done.created.append(chain_name)
                 except Exception as exc:
                     raise LibiptcError(
-                        f"{fam} -t {table_name}: cannot create chain {chain_name}: {exc}; nothing was written",
+                        f"{fam} -t {table_name}: cannot create chain {chain_name}: {_lib_message(exc)}; "
+                        "nothing was written",
                         table=table_name, chain=chain_name,
                     ) from exc
             for planned in rules:
@@ -632,7 +769,7 @@ def apply_rules(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[
                     done.added.append((planned.chain, rule))
                 except Exception as exc:
                     raise LibiptcError(
-                        f"{fam} -t {planned.table}: rule `{text}` failed: {exc}; nothing was written",
+                        f"{fam} -t {planned.table}: rule `{text}` failed: {_lib_message(exc)}; nothing was written",
                         table=planned.table, chain=planned.chain, rule=text,
                     ) from exc
         except BaseException:
@@ -651,7 +788,12 @@ def _commit_all(tables: _Tables, work: dict[str, _TableWork]) -> None:
             notes = [_undo(tables, done_name, work.get(done_name, _TableWork())) for done_name in reversed(committed)]
             tables.discard()
             detail = f"; reverted already committed tables: {'; '.join(notes)}" if notes else "; nothing was written"
-            raise LibiptcError(f"{fam} -t {name}: the kernel rejected the table: {exc}{detail}", table=name) from exc
+            count = len(work.get(name, _TableWork()).added)
+            raise LibiptcError(
+                f"{fam} -t {name}: commit rejected by the kernel ({count} rules added to the table; the kernel "
+                f"log may name the refused extension): {_lib_message(exc)}{detail}",
+                table=name,
+            ) from exc
         committed.append(name)
     tables.discard()  # fresh handles; a committed handle must not be committed again
 
@@ -667,17 +809,17 @@ def _undo(tables: _Tables, name: str, done: _TableWork) -> str:
             try:
                 iptc.Chain(handle, chain_name).delete_rule(rule)
             except Exception as exc:
-                problems.append(f"rule in {chain_name}: {exc}")
+                problems.append(f"rule in {chain_name}: {_lib_message(exc)}")
         for chain_name in done.created:
             try:
                 handle.flush_entries(chain_name)
             except Exception as exc:
-                problems.append(f"flush {chain_name}: {exc}")
+                problems.append(f"flush {chain_name}: {_lib_message(exc)}")
         for chain_name in done.created:
             try:
                 handle.delete_chain(chain_name)
             except Exception as exc:
-                problems.append(f"delete {chain_name}: {exc}")
+                problems.append(f"delete {chain_name}: {_lib_message(exc)}")
         handle.commit()
     except Exception as exc:
         problems.append(str(exc))
@@ -686,34 +828,50 @@ def _undo(tables: _Tables, name: str, done: _TableWork) -> str:
     return f"{name} ({'; '.join(problems)})" if problems else name
 
 
-def delete_rules(family: int, rules: Sequence[RuleLike], chains: Sequence[tuple[str, str]]) -> None:
+def delete_rules(family: int, rules: Sequence[RuleLike], chains: Sequence[tuple[str, str]], *,
+                 isolate: bool = True) -> None:
     """Best-effort, idempotent cleanup of what :func:`apply_rules` wrote.
 
     Each rule is deleted (every copy of it) where present; then the given user chains
     are flushed and deleted where present.  Absent rules and chains are not errors.
     Everything that can be removed is committed; anything else that failed (a chain
     still referenced from a rule not listed, say) is reported afterwards in one
-    :class:`LibiptcError`.
+    :class:`LibiptcError`.  ``isolate``: see :func:`_dispatch`.
     """
-    _check_family(family)
+    _dispatch(family, isolate, _delete_here, family, list(rules), list(chains))
+
+
+def _delete_here(family: int, rules: Sequence[RuleLike], chains: Sequence[tuple[str, str]]) -> None:
     iptc = _load_iptc()
     fam = _FAMILY_NAMES[family]
     problems: list[str] = []
     with _xtables_lock():
         tables = _Tables(iptc, family)
+        unavailable: set[str] = set()
+
+        def table_or_none(name: str) -> Any:
+            if name in unavailable:
+                return None
+            try:
+                return tables.get(name)
+            except LibiptcError as exc:  # a table that cannot be opened holds nothing of ours
+                _log().debug("cleanup skips %s: %s", name, exc)
+                unavailable.add(name)
+                return None
+
         try:
             for planned in rules:
-                table = tables.get(planned.table)
-                if not table.is_chain(planned.chain):
+                table = table_or_none(planned.table)
+                if table is None or not table.is_chain(planned.chain):
                     continue
                 try:
                     rule = _convert(iptc, family, table, planned.params)
                 except _ConvertError as exc:
                     if not exc.missing_chain:
-                        problems.append(f"-t {planned.table} `{rule_text(planned)}`: {exc}")
+                        problems.append(f"-t {planned.table} `{rule_text(planned)}`: {_lib_message(exc)}")
                     continue  # a jump to a chain that is gone: the rule cannot exist
                 except Exception as exc:
-                    problems.append(f"-t {planned.table} `{rule_text(planned)}`: {exc}")
+                    problems.append(f"-t {planned.table} `{rule_text(planned)}`: {_lib_message(exc)}")
                     continue
                 chain = iptc.Chain(table, planned.chain)
                 for _ in range(_MAX_DUPLICATE_DELETES):
@@ -721,35 +879,46 @@ def delete_rules(family: int, rules: Sequence[RuleLike], chains: Sequence[tuple[
                         chain.delete_rule(rule)
                     except iptc.IPTCError:
                         break  # not (or no longer) present
+                    except Exception as exc:
+                        problems.append(f"-t {planned.table} `{rule_text(planned)}`: {_lib_message(exc)}")
+                        break
             user_chains = []
             for table_name, chain_name in chains:
-                table = tables.get(table_name)
-                if table.is_chain(chain_name) and not table.builtin_chain(chain_name):
+                table = table_or_none(table_name)
+                if table is None or not table.is_chain(chain_name) or table.builtin_chain(chain_name):
+                    continue
+                try:
                     table.flush_entries(chain_name)
                     user_chains.append((table, table_name, chain_name))
+                except iptc.IPTCError as exc:
+                    problems.append(f"-t {table_name} -F {chain_name}: {_lib_message(exc)}")
             for table, table_name, chain_name in user_chains:
                 try:
                     table.delete_chain(chain_name)
                 except iptc.IPTCError as exc:
-                    problems.append(f"-t {table_name} -X {chain_name}: {exc}")
+                    problems.append(f"-t {table_name} -X {chain_name}: {_lib_message(exc)}")
             for name, handle in tables.handles.items():
                 try:
                     handle.commit()
                 except Exception as exc:
-                    problems.append(f"-t {name}: commit failed: {exc}")
+                    problems.append(f"-t {name}: commit failed: {_lib_message(exc)}")
         finally:
             tables.discard()
     if problems:
         raise LibiptcError(f"{fam}: cleanup incomplete: " + " | ".join(problems))
 
 
-def save(family: int, tables: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+def save(family: int, tables: Sequence[str], *, isolate: bool = True) -> dict[str, dict[str, list[str]]]:
     """Read tables back: {table: {chain: [rule as iptables-save prints it after ``-A CHAIN``]}}.
 
     Chains are in libiptc order (built-in chains, then user chains by name), as
-    ``iptables-save`` lists them.
+    ``iptables-save`` lists them.  ``isolate``: see :func:`_dispatch`.
     """
-    _check_family(family)
+    result: dict[str, dict[str, list[str]]] = _dispatch(family, isolate, _save_here, family, list(tables))
+    return result
+
+
+def _save_here(family: int, tables: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     iptc = _load_iptc()
     result: dict[str, dict[str, list[str]]] = {}
     handles = _Tables(iptc, family)
@@ -766,7 +935,7 @@ def save(family: int, tables: Sequence[str]) -> dict[str, dict[str, list[str]]]:
                         entry = table.next_rule(entry)
                     chains[chain.name] = rules
             except Exception as exc:
-                raise LibiptcError(f"{_FAMILY_NAMES[family]}: cannot read table {table_name}: {exc}",
+                raise LibiptcError(f"{_FAMILY_NAMES[family]}: cannot read table {table_name}: {_lib_message(exc)}",
                                    table=table_name) from exc
             result[table_name] = chains
     finally:
@@ -774,8 +943,25 @@ def save(family: int, tables: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     return result
 
 
+_PROTOCOL_NAMES: dict[int, str] = {}
+
+
+def _protocol_name(number: int) -> str | None:
+    """The protocol's name as iptables-save prints it: /etc/protocols first (getprotobynumber)."""
+    if not _PROTOCOL_NAMES:
+        try:
+            with open("/etc/protocols", encoding="utf-8", errors="replace") as protocols:
+                for line in protocols:
+                    fields = line.split("#", 1)[0].split()
+                    if len(fields) >= 2 and fields[1].isdigit():
+                        _PROTOCOL_NAMES.setdefault(int(fields[1]), fields[0])
+        except OSError:
+            _PROTOCOL_NAMES[-1] = ""  # remember that there is no file
+    return _PROTOCOL_NAMES.get(number)
+
+
 def _address(value: str) -> str:
-    """``"!10.0.0.0/255.0.0.0"`` (python-iptables form) -> ``"! -x 10.0.0.0/8"`` pieces."""
+    """``"!10.0.0.0/255.0.0.0"`` (python-iptables' form) -> ``"10.0.0.0/8"`` (iptables-save's)."""
     import ipaddress
 
     addr, _, mask = value.lstrip("!").partition("/")
@@ -787,7 +973,8 @@ def _address(value: str) -> str:
 
 
 def _saved_options(ext: Any, ip: Any) -> str:
-    buf = ext._get_saved_buf(ip)
+    """The extension's own ``save`` output (what iptables-save prints after ``-m x``/``-j X``)."""
+    buf = ext._get_saved_buf(ip)  # python-iptables runs the C save() with stdout on a pipe
     if not buf:
         return ""
     text = buf.decode() if isinstance(buf, bytes) else str(buf)
@@ -808,7 +995,7 @@ def _render(family: int, rule: Any) -> str:
             parts += (["!"] if value.startswith("!") else []) + [flag, value.lstrip("!")]
     proto = rule.protocol
     if ip.proto or proto.startswith("!"):  # iptables-save omits protocol 0 ("all")
-        name = proto.lstrip("!")
+        name = _protocol_name(int(ip.proto)) or proto.lstrip("!")
         parts += (["!"] if proto.startswith("!") else []) + ["-p", "all" if name == "ip" else name]
     if family == 4 and ip.flags & 0x01:  # IPT_F_FRAG
         parts += (["!"] if ip.invflags & 0x20 else []) + ["-f"]

@@ -207,9 +207,11 @@ def test_tproxy_needs_a_transparent_listener(lab: NetLab) -> None:
 def test_run_and_sysctl_happen_inside_the_namespace(lab: NetLab) -> None:
     links = lab.run("pod", "ip", "-o", "link", "show").stdout
     assert "eth0" in links and "lo" in links
-    assert lab.sysctl("pod", "net.ipv4.ip_forward", "1") == "1"
-    assert lab.run("pod", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
-    assert lab.sysctl("peer", "net.ipv4.ip_forward") == "0"
+    peer_before = lab.sysctl("peer", "net.ipv4.ip_forward")  # new namespaces may inherit the host's value
+    flipped = "0" if peer_before == "1" else "1"
+    assert lab.sysctl("pod", "net.ipv4.ip_forward", flipped) == flipped
+    assert lab.run("pod", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == flipped
+    assert lab.sysctl("peer", "net.ipv4.ip_forward") == peer_before
     with pytest.raises(CommandError, match="exited 3"):
         lab.run("pod", "sh", "-c", "echo oops >&2; exit 3")
 
