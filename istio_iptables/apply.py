@@ -79,6 +79,9 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
         except (ApplyError, rb.IptablesError) as err:
             log.error("%s", err)
             return EXIT_FAILED
+        except Exception as err:  # an init container must say why it failed, not dump a traceback
+            log.error("unexpected %s: %s", type(err).__name__, err)
+            return EXIT_FAILED
     log.info("done in %.0f ms", (time.monotonic() - started) * 1000)
     if run.run_validation and not run.cleanup_only:
         from .validation import validate

@@ -102,11 +102,19 @@ def _require(binary: Binary) -> None:
         raise IptablesError(f"{binary.restore} not found: install iptables (legacy and nft binaries)")
 
 
+_PRIVILEGE_HINT = "; istio-init needs CAP_NET_ADMIN and CAP_NET_RAW in the pod's network namespace"
+
+
+def _hint(stderr: str) -> str:
+    return _PRIVILEGE_HINT if "Permission denied" in stderr or "not permitted" in stderr else ""
+
+
 def save(binary: Binary) -> str:
     """The family's full ruleset as `-save` text."""
     done = _run([binary.save])
     if done.returncode != 0:
-        raise IptablesError(f"{binary.save} failed: {done.stderr.strip() or done.returncode}")
+        message = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise IptablesError(f"{binary.save} failed: {message}{_hint(done.stderr)}")
     return done.stdout
 
 
@@ -141,7 +149,7 @@ def _explain(program: str, text: str, stderr: str, what: str) -> str:
         number = int(match.group(1))
         table = next((ln.lstrip("*").strip() for ln in reversed(lines[:number]) if ln.startswith("*")), "?")
         return f"{program} refused {what} in table {table}, line {number}: {lines[number - 1]!r}: {detail}"
-    return f"{program} failed applying {what}: {detail}"
+    return f"{program} failed applying {what}: {detail}{_hint(stderr)}"
 
 
 def which_all() -> dict[str, str | None]:
