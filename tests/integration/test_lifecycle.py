@@ -179,3 +179,15 @@ def test_tproxy_cleanup_removes_routes_and_address(lab: NetLab) -> None:
     assert lab.run("pod", "ip", "rule").stdout == before
     assert "lookup 133" not in lab.run("pod", "ip", "-6", "rule").stdout
     assert "::6/128" not in lab.run("pod", "ip", "-6", "addr", "show", "dev", "lo").stdout
+
+
+def test_json_logs_are_one_object_per_line_with_the_final_ruleset(lab: NetLab) -> None:
+    import json
+
+    done = applied(lab, *STANDARD, "--ipv6", "off", "--log-format", "json")
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    messages = [e["msg"] for e in entries]
+    assert all(e["level"] in ("info", "warning") for e in entries)
+    assert any(m.startswith("IPv4: using iptables-") for m in messages)
+    assert any("-A ISTIO_OUTPUT -j ISTIO_REDIRECT" in m for m in messages)
+    assert any(m.startswith("done in") for m in messages)
