@@ -243,7 +243,11 @@ def _write_family(work: FamilyWork, run: RunOptions) -> None:
 def _rollback(written: list[FamilyWork], routes: list[RouteStep], address: bool) -> str:
     """Put back what this run changed; returns a sentence for the error message."""
     problems: list[str] = []
+    changed = bool(routes) or address
     for work in written:
+        if _unchanged(work):
+            continue
+        changed = True
         try:
             rb.restore(work.binary, state.snapshot_text(work.before, work.tables), noflush=False,
                        what="the rollback")
@@ -263,7 +267,25 @@ def _rollback(written: list[FamilyWork], routes: list[RouteStep], address: bool)
             problems.append(str(err))
     if problems:
         return "ROLLBACK INCOMPLETE: " + "; ".join(problems)
+    if not changed:
+        return "nothing was changed (the namespace is as it was before this run)"
     return "the namespace was restored to its state before this run"
+
+
+def _unchanged(work: FamilyWork) -> bool:
+    """Whether the tables this run tried to write still hold what they held before
+    (e.g. the restore was refused outright): then there is nothing to roll back."""
+    try:
+        now = rb.save(work.binary)
+    except rb.IptablesError:
+        return False
+    return _comparable(now, work.tables) == _comparable(work.before, work.tables)
+
+
+def _comparable(save_text: str, tables: list[str]) -> str:
+    """A table subset of a dump without comments and packet counters."""
+    text = state.snapshot_text(save_text, tables)
+    return "\n".join(line.split(" [")[0] if line.startswith(":") else line for line in text.splitlines())
 
 
 def _cleanup_routes(capture: CaptureConfig) -> None:

@@ -260,12 +260,35 @@ def _add_options(func: Any) -> Any:
     return func
 
 
-def _normalize_bool_args(argv: Sequence[str]) -> list[str]:
-    """Accept Go-style `--flag=true|false` for boolean flags, as Istio's pflag does."""
+# Logging flags of Istio's agent, which Istio's injector passes to istio-init.
+ISTIO_LOG_FLAGS_WITH_VALUE = frozenset({"--log_output_level", "--log_caller", "--log_stacktrace_level",
+                                        "--log_target", "--log_rotate", "--log_rotate_max_age",
+                                        "--log_rotate_max_size", "--log_rotate_max_backups"})
+# The injector's first argument: the subcommand of Istio's agent binary.
+AGENT_SUBCOMMAND = "istio-iptables"
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept what Istio's injector and pflag users pass: Go-style `--flag=true|false`
+    for booleans, the agent's logging flags (`--log_as_json` selects JSON logs, the
+    others are ignored), and the leading `istio-iptables` subcommand word."""
     flags = {o.long for o in OPTIONS if o.is_flag}
     out: list[str] = []
-    for arg in argv:
+    skip_value = False
+    for index, arg in enumerate(argv):
+        if skip_value:
+            skip_value = False
+            continue
         name, eq, value = arg.partition("=")
+        if index == 0 and arg == AGENT_SUBCOMMAND:
+            continue
+        if name in ISTIO_LOG_FLAGS_WITH_VALUE:
+            skip_value = not eq
+            continue
+        if name == "--log_as_json":
+            if not eq or c.parse_bool(name, value):
+                out += ["--log-format", "json"]
+            continue
         if eq and name in flags:
             if c.parse_bool(name, value):
                 out.append(name)
@@ -310,7 +333,10 @@ def make_command(name: str, cleanup: bool) -> click.Command:
         except the proxy's own uid/gid and the excluded ports and CIDRs.
 
         The positional `clean` (Istio 1.3) removes everything, like --cleanup-only.
-        Flags beat environment variables. Bad input exits 2 and touches nothing."""
+        Flags beat environment variables. Bad input exits 2 and touches nothing.
+        Istio's injector arguments work as they are: the leading `istio-iptables`
+        word is ignored, `--log_as_json` selects JSON logs, and the agent's other
+        `--log_*` flags are accepted and ignored."""
         if action not in (None, "clean"):
             raise ConfigError("the positional argument", action, "only 'clean' is accepted")
         settings = build_settings(given, os.environ, cleanup=cleanup or action == "clean")
@@ -322,8 +348,8 @@ def make_command(name: str, cleanup: bool) -> click.Command:
 def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
     from .hostfacts import HostFactsError
 
-    args = _normalize_bool_args(sys.argv[1:] if argv is None else argv)
     try:
+        args = normalize_argv(sys.argv[1:] if argv is None else argv)
         make_command(name, cleanup).main(args=args, prog_name=name, standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
@@ -349,11 +375,7 @@ def _usage_error(name: str, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `istio-iptables`."""
-    try:
-        return _main(PROG, False, argv)
-    except ConfigError as err:  # raised while normalizing argv
-        _usage_error(PROG, str(err))
-        return EXIT_USAGE
+    return _main(PROG, False, argv)
 
 
 def clean_main(argv: Sequence[str] | None = None) -> int:

@@ -180,3 +180,11 @@ def test_random_flag_values_exit_0_or_2_with_one_line(capsys: pytest.CaptureFixt
         assert "Traceback" not in captured.err
     else:
         assert captured.err == "" or "Traceback" not in captured.err
+
+
+def test_istio_injector_arguments_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    injected = ["istio-iptables", *STANDARD, "--log_output_level=default:info", "--log_as_json",
+                "--log_caller", "default", "--run-validation=false"]
+    assert dry(capsys, *injected[1:]) == dry(capsys, *STANDARD)
+    assert main(["istio-iptables", "--dry-run", "--ipv6", "off", *STANDARD, "--log_output_level=default:info"]) == 0
+    assert "ISTIO_OUTPUT" in capsys.readouterr().out

@@ -106,7 +106,11 @@ _PRIVILEGE_HINT = "; istio-init needs CAP_NET_ADMIN and CAP_NET_RAW in the pod's
 
 
 def _hint(stderr: str) -> str:
-    return _PRIVILEGE_HINT if "Permission denied" in stderr or "not permitted" in stderr else ""
+    if "Permission denied" in stderr or "not permitted" in stderr:
+        return _PRIVILEGE_HINT
+    if "unable to initialize table" in stderr:
+        return "; the kernel lacks this table (module not loaded) or CAP_NET_ADMIN/CAP_NET_RAW is missing"
+    return ""
 
 
 def save(binary: Binary) -> str:
