@@ -18,17 +18,14 @@ The sequence, per run:
 from __future__ import annotations
 
 import grp
-import logging
 import pwd
 import time
-from dataclasses import dataclass, field
 
 from . import hostfacts, netlink, render, state
+from . import logs as log
 from .backends import restore as rb
 from .config import CaptureConfig, ConfigError, RunOptions
 from .plan import IPV6_INBOUND_PASSTHROUGH, FamilyPlan, Plan, RouteStep, Rule, build_plan
-
-log = logging.getLogger("istio_iptables")
 
 EXIT_FAILED = 1
 EXIT_VALIDATION = 126
@@ -38,19 +35,20 @@ class ApplyError(RuntimeError):
     """The apply failed; the namespace was put back as it was (or the message says not)."""
 
 
-@dataclass
 class FamilyWork:
     """What one family needs: its binary, its state before the run, and the decision."""
 
-    family: int
-    binary: rb.Binary
-    before: str
-    current: state.IptablesState
-    plan: FamilyPlan
-    action: str = "apply"  # apply | in-sync | replace | clean | none
-    reason: str = ""
-    text: str = ""
-    removals: list[Rule] = field(default_factory=list)
+    def __init__(self, family: int, binary: rb.Binary, before: str, current: state.IptablesState,
+                 plan: FamilyPlan) -> None:
+        self.family = family
+        self.binary = binary
+        self.before = before
+        self.current = current
+        self.plan = plan
+        self.action = "apply"  # apply | in-sync | replace | clean | none | drift
+        self.reason = ""
+        self.text = ""
+        self.removals: list[Rule] = []
 
     @property
     def tables(self) -> list[str]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -23,8 +22,7 @@ PROG = "istio-iptables"
 EXIT_USAGE = 2
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One Istio flag: its letters, its environment variables, default and help."""
 
     dest: str
@@ -118,8 +116,7 @@ ENV_ONLY = {
 }
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     capture: CaptureConfig
     run: RunOptions
     envoy_user: str | None
@@ -273,6 +270,9 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     for booleans, the agent's logging flags (`--log_as_json` selects JSON logs, the
     others are ignored), and the leading `istio-iptables` subcommand word."""
     flags = {o.long for o in OPTIONS if o.is_flag}
+    # Short letters become long names: click first tries a bare "-p" as a long option,
+    # and its failed lookup imports difflib and gettext (~3 ms at every pod start).
+    long_of = {o.short: o.long for o in OPTIONS if o.short}
     out: list[str] = []
     skip_value = False
     for index, arg in enumerate(argv):
@@ -293,7 +293,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
             if c.parse_bool(name, value):
                 out.append(name)
             continue
-        out.append(arg)
+        out.append(long_of.get(arg, arg))
     return out
 
 

@@ -9,14 +9,12 @@ never imports pyroute2.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import pwd
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from . import logs as log
 from .netlink import interface_addresses
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PROXY_UID = "1337"
 
@@ -25,8 +23,7 @@ class HostFactsError(RuntimeError):
     """The host could not be read (e.g. resolv.conf missing when DNS capture needs it)."""
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     """What the planner needs to know about the pod's network namespace."""
 
     ipv6: bool = False

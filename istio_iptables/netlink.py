@@ -7,8 +7,8 @@ address to lo would otherwise cost a pyroute2 import (~120 ms of CPU and 20 MiB,
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: skips socket.py's import cost
 import errno
-import socket
 import struct
 
 RTM_NEWADDR = 20
@@ -31,9 +31,13 @@ class NetlinkError(OSError):
     """The kernel answered a netlink request with an error."""
 
 
-def _socket() -> socket.socket:
+def _open() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    sock.bind((0, 0))
+    try:
+        sock.bind((0, 0))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -63,7 +67,8 @@ def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
 def interface_addresses() -> list[tuple[int, str]]:
     """(ifindex, address) of every address in this network namespace, ordered as Go's
     net.InterfaceAddrs reports them: by interface, IPv4 before IPv6."""
-    with _socket() as sock:
+    sock = _open()
+    try:
         header = struct.pack("=IHHII", 24, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
         sock.send(header + struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0))
         found: list[tuple[int, str]] = []
@@ -79,6 +84,8 @@ def interface_addresses() -> list[tuple[int, str]]:
                     raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
                     if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
                         found.append((index, socket.inet_ntop(family, raw)))
+    finally:
+        sock.close()
 
 
 def _address_request(kind: int, flags: int, address: str, prefixlen: int, device: str) -> None:
@@ -88,7 +95,8 @@ def _address_request(kind: int, flags: int, address: str, prefixlen: int, device
     attr += struct.pack("=HH", 4 + len(packed), IFA_ADDRESS) + packed
     body = struct.pack("=BBBBI", socket.AF_INET6, prefixlen, IFA_F_NODAD, RT_SCOPE_HOST, index) + attr
     header = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, 1, 0)
-    with _socket() as sock:
+    sock = _open()
+    try:
         sock.send(header + body)
         for msg_type, payload in _messages(sock.recv(65536)):
             if msg_type == NLMSG_ERROR:
@@ -96,6 +104,8 @@ def _address_request(kind: int, flags: int, address: str, prefixlen: int, device
                 if code:
                     raise NetlinkError(code, f"{errno.errorcode.get(code, code)}: {address}/{prefixlen} dev {device}")
                 return
+    finally:
+        sock.close()
 
 
 def add_ipv6_address(address: str, prefixlen: int = 128, device: str = "lo") -> bool:

@@ -9,8 +9,7 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .config import CaptureConfig
 from .hostfacts import HostFacts
@@ -40,8 +39,7 @@ IPV6_INBOUND_PASSTHROUGH = "::6/128"
 IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One iptables rule: `-A chain params` or, with a position, `-I chain position params`."""
 
     table: str
@@ -64,8 +62,7 @@ class Rule:
         return None
 
 
-@dataclass(frozen=True)
-class FamilyPlan:
+class FamilyPlan(NamedTuple):
     """The rules of one IP family, in the order they are written."""
 
     family: int
@@ -94,8 +91,7 @@ class FamilyPlan:
         return (r for r in self.rules if r.table == table)
 
 
-@dataclass(frozen=True)
-class RouteStep:
+class RouteStep(NamedTuple):
     """A policy-routing step TPROXY needs: `ip rule` or `ip route` in one family."""
 
     kind: str  # "rule" or "route"
@@ -110,8 +106,7 @@ class RouteStep:
         return f"{ip} route add local default dev lo table {self.table}"
 
 
-@dataclass(frozen=True)
-class AddressStep:
+class AddressStep(NamedTuple):
     """An address added to lo (Istio's ::6 inbound passthrough source)."""
 
     address: str
@@ -121,8 +116,7 @@ class AddressStep:
         return f"ip -6 addr add {self.address} dev {self.device}"
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Everything an apply would do, per family, plus routes and addresses."""
 
     v4: FamilyPlan
@@ -143,13 +137,13 @@ class _RuleAdder(Protocol):
     def __call__(self, table: str, chain: str, *params: str, position: int | None = None) -> None: ...
 
 
-@dataclass
 class _Builder:
     """Accumulates rules for both families, as Istio's rule builder does."""
 
-    ipv6: bool
-    v4: list[Rule] = field(default_factory=list)
-    v6: list[Rule] = field(default_factory=list)
+    def __init__(self, ipv6: bool) -> None:
+        self.ipv6 = ipv6
+        self.v4: list[Rule] = []
+        self.v6: list[Rule] = []
 
     def v4_rule(self, table: str, chain: str, *params: str, position: int | None = None) -> None:
         self.v4.append(Rule(table, chain, params, position))

@@ -6,8 +6,6 @@ The restore text is byte-for-byte what Istio feeds `iptables-restore --noflush`
 
 from __future__ import annotations
 
-import json
-import shlex
 from typing import Any
 
 from .plan import FamilyPlan, Plan
@@ -42,6 +40,8 @@ def render_restore(plan: Plan) -> str:
 
 def command_lines(plan: Plan) -> list[str]:
     """The plan as one iptables/ip command per line, as istio-iptables.sh ran them."""
+    import shlex
+
     lines: list[str] = []
     for family_plan in plan.families:
         binary = IPTABLES_BY_FAMILY[family_plan.family]
@@ -77,6 +77,8 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    import json
+
     return json.dumps(plan_as_dict(plan), indent=2) + "\n"
 
 

@@ -9,19 +9,18 @@ only ours.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from .plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule
 
 ISTIO_PREFIX = "ISTIO_"
 
 
-@dataclass
 class TableState:
     """One table of an iptables-save dump: chains in order, rules as (chain, spec)."""
 
-    chains: list[str] = field(default_factory=list)
-    rules: list[tuple[str, str]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.chains: list[str] = []
+        self.rules: list[tuple[str, str]] = []
 
     def istio_chains(self) -> list[str]:
         return [c for c in self.chains if c.startswith(ISTIO_PREFIX)]
@@ -35,9 +34,11 @@ class TableState:
                 if not c.startswith(ISTIO_PREFIX) and _target(spec).startswith(ISTIO_PREFIX)]
 
 
-@dataclass
 class IptablesState:
-    tables: dict[str, TableState] = field(default_factory=dict)
+    """A parsed dump: table name -> TableState."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, TableState] = {}
 
     def has_istio(self) -> bool:
         return any(t.istio_chains() for t in self.tables.values())

@@ -9,7 +9,6 @@ that setuid never touches this process.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (the setuid child may not be able to import codecs)
-import logging
 import os
 import pwd
 import select
@@ -17,9 +16,9 @@ import socket
 import struct
 import time
 
+from . import logs as log
 from .config import CaptureConfig, RunOptions
 
-log = logging.getLogger("istio_iptables")
 SO_ORIGINAL_DST = 80
 PROBE_SOURCE_TARGET = "127.0.0.6"
 

@@ -9,14 +9,13 @@ common fresh-pod case costs no extra process.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
-log = logging.getLogger(__name__)
+from .. import logs as log
 
 _PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 _LINE_FAILED = re.compile(r"line (\d+) failed")
@@ -28,8 +27,7 @@ class IptablesError(RuntimeError):
     kernel's words."""
 
 
-@dataclass(frozen=True)
-class Binary:
+class Binary(NamedTuple):
     """One family's iptables flavour: e.g. iptables-nft / iptables-nft-save / -restore."""
 
     family: int
@@ -58,7 +56,7 @@ class Binary:
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=RESTORE_TIMEOUT,
+        return subprocess.run(argv, input=stdin, capture_output=True, encoding="utf-8", timeout=RESTORE_TIMEOUT,
                               check=False)
     except FileNotFoundError:
         raise IptablesError(f"{argv[0]} not found: install iptables (both legacy and nft binaries)") from None
