@@ -1047,12 +1047,7 @@ class NetLab:
         connecting (default listeners ignore it).  Connection failures are
         reported in :attr:`ConnectResult.error`, never raised.
         """
-        self._check_open()
-        params: dict[str, object] = {
-            "mode": "tcp", "dst": dst_addr, "port": dst_port, "uid": uid, "gid": gid,
-            "timeout": timeout, "src": src_addr, "payload": payload.hex(),
-        }  # fmt: skip
-        out = self._client(ns, params, timeout)
+        out = self._client_call(ns, "tcp", dst_addr, dst_port, uid, gid, timeout, src_addr, payload)
         return ConnectResult(
             ok=bool(out["ok"]),
             reply=bytes.fromhex(str(out["reply"])),
@@ -1080,12 +1075,7 @@ class NetLab:
         is unconnected, so a reply from any source address is accepted
         (and reported in :attr:`UdpResult.sender`).
         """
-        self._check_open()
-        params: dict[str, object] = {
-            "mode": "udp", "dst": dst, "port": port, "uid": uid, "gid": gid,
-            "timeout": timeout, "src": src_addr, "payload": payload.hex(),
-        }  # fmt: skip
-        out = self._client(ns, params, timeout)
+        out = self._client_call(ns, "udp", dst, port, uid, gid, timeout, src_addr, payload)
         ok = bool(out["ok"])
         return UdpResult(
             reply=bytes.fromhex(str(out["reply"])) if ok else None,
@@ -1095,6 +1085,26 @@ class NetLab:
             gid=int(str(out["gid"])),
             src=_as_address(out["src"]),
         )
+
+    def _client_call(
+        self,
+        ns: str,
+        mode: str,
+        dst: str,
+        port: int,
+        uid: int | None,
+        gid: int | None,
+        timeout: float,
+        src: str | None,
+        payload: bytes,
+    ) -> dict[str, object]:
+        """Run one client exchange (``mode`` tcp or udp) in ``ns``; returns its report."""
+        self._check_open()
+        params: dict[str, object] = {
+            "mode": mode, "dst": dst, "port": port, "uid": uid, "gid": gid,
+            "timeout": timeout, "src": src, "payload": payload.hex(),
+        }  # fmt: skip
+        return self._client(ns, params, timeout)
 
     def udp_query(
         self,
