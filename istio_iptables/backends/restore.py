@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from typing import NamedTuple
 
 from .. import logs as log
+from .. import spawn
 
 _PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 _LINE_FAILED = re.compile(r"line (\d+) failed")
@@ -54,13 +54,12 @@ class Binary(NamedTuple):
         return self.base
 
 
-def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], stdin: str | None = None) -> spawn.Finished:
     try:
-        return subprocess.run(argv, input=stdin, capture_output=True, encoding="utf-8", timeout=RESTORE_TIMEOUT,
-                              check=False)
+        return spawn.run(argv, stdin, timeout=RESTORE_TIMEOUT)
     except FileNotFoundError:
         raise IptablesError(f"{argv[0]} not found: install iptables (both legacy and nft binaries)") from None
-    except subprocess.TimeoutExpired:
+    except spawn.SpawnTimeout:
         raise IptablesError(f"{argv[0]} did not finish within {RESTORE_TIMEOUT}s (xtables lock held?)") from None
 
 
