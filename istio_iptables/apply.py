@@ -169,7 +169,8 @@ def _refuse_libiptc_on_nft(works: list[FamilyWork]) -> None:
 def _decide(work: FamilyWork, run: RunOptions) -> None:
     residue = work.current.has_istio()
     if run.cleanup_only:
-        work.action = "clean" if residue or _existing_non_hooks(work) else "none"
+        work.removals = _existing_non_hooks(work)
+        work.action = "clean" if residue or work.removals else "none"
     elif not residue:
         work.action = "apply"
     else:
@@ -182,8 +183,9 @@ def _decide(work: FamilyWork, run: RunOptions) -> None:
         else:
             work.action = "replace" if run.force_apply else "in-sync"
             work.reason = "already in place" if work.action == "in-sync" else "--force-apply"
-    if work.action in ("replace", "clean"):
+    if work.action == "replace":
         work.removals = _existing_non_hooks(work)
+    if work.action in ("replace", "clean"):
         new_rules = render.restore_text(work.plan) if work.action == "replace" else ""
         work.text = state.merge_restore(state.cleanup_lines(work.current, work.removals), new_rules)
     elif work.action == "apply":
