@@ -128,3 +128,38 @@ def delete_ipv6_address(address: str, prefixlen: int = 128, device: str = "lo") 
             return False
         raise
     return True
+
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETTABLE = 1
+NFT_MSG_NEWTABLE = 0
+NFPROTO = {4: 2, 6: 10}
+
+
+def nft_has_tables(family: int) -> bool | None:
+    """Whether nf_tables holds any table of this IP family in this namespace; None when
+    the kernel will not say (no nf_tables, no privilege).  In a fresh pod the answer is
+    no, and the `iptables-nft-save` process that would print nothing can be skipped."""
+    msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
+    request = struct.pack("=IHHII", 20, msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    request += struct.pack("=BBH", NFPROTO[family], 0, 0)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError:
+        return None
+    try:
+        sock.bind((0, 0))
+        sock.send(request)
+        while True:
+            for kind, payload in _messages(sock.recv(65536)):
+                if kind == NLMSG_ERROR:
+                    return None if struct.unpack_from("=i", payload, 0)[0] else False
+                if kind == NLMSG_DONE:
+                    return False
+                if kind & 0xFF == NFT_MSG_NEWTABLE:
+                    return True
+    except OSError:
+        return None
+    finally:
+        sock.close()

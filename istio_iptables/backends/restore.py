@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from .. import logs as log
 from .. import spawn
+from ..netlink import nft_has_tables
 
 _PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 _LINE_FAILED = re.compile(r"line (\d+) failed")
@@ -85,6 +86,8 @@ def detect(family: int, forced: str) -> tuple[Binary, str]:
         return legacy, save(legacy)
     nft = Binary(family, "nft")
     if shutil.which(nft.save):
+        if nft_has_tables(family) is False:
+            return nft, ""  # nothing in nf_tables yet: the dump would be empty
         done = _run([nft.save])
         if done.returncode == 0:
             return nft, done.stdout

@@ -192,3 +192,13 @@ def test_json_logs_are_one_object_per_line_with_the_final_ruleset(lab: NetLab) -
     assert any(m.startswith("IPv4: using iptables-") for m in messages)
     assert any("-A ISTIO_OUTPUT -j ISTIO_REDIRECT" in m for m in messages)
     assert any(m.startswith("done in") for m in messages)
+
+
+def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
+    probe = ("from istio_iptables.netlink import nft_has_tables as f; print(f(4), f(6))")
+    repo = str(Path(__file__).resolve().parents[2])
+    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+        == ["False", "False"]
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+        == ["True", "False"]
