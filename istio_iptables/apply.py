@@ -73,7 +73,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     if not run.skip_rule_apply or run.cleanup_only:
         _check_owners_resolve(capture)
         try:
-            _execute(capture, plan, run)
+            _execute(capture, plan, run, facts)
         except (ApplyError, rb.IptablesError) as err:
             log.error("%s", err)
             return EXIT_FAILED
@@ -109,7 +109,10 @@ def _check_owners_resolve(capture: CaptureConfig) -> None:
                                   "no such group in this container") from None
 
 
-def _execute(capture: CaptureConfig, plan: Plan, run: RunOptions) -> None:
+def _execute(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: hostfacts.HostFacts) -> None:
+    if run.native_nftables:
+        _execute_nft(capture, plan, run, facts)
+        return
     forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
     works = _survey(plan, run, forced)
     if run.backend == "libiptc":
@@ -128,6 +131,59 @@ def _execute(capture: CaptureConfig, plan: Plan, run: RunOptions) -> None:
     _write_all(works, plan, capture, run)
     for work in works:
         log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, rb.save(work.binary).rstrip())
+
+
+def _execute_nft(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: hostfacts.HostFacts) -> None:
+    """Istio's native nftables mode: our three inet tables are deleted and rewritten in
+    one `nft -f` transaction, so a re-run (same or other flags) replaces ours and only
+    ours; other tables are never touched."""
+    from .nft import TABLES, cleanup_text, render_nft
+    from .nft_apply import NftError, apply_nft, cleanup_nft, nft_ruleset
+
+    try:
+        if run.cleanup_only:
+            cleanup_nft()
+        else:
+            before = _nft_tables_text(TABLES)
+            apply_nft(cleanup_text() + render_nft(capture, facts))
+    except NftError as err:
+        raise ApplyError(f"{err}; nft commits all or nothing, so nothing was changed") from None
+    if run.cleanup_only:
+        log.info("removed tables %s", ", ".join(f"inet {t}" for t in TABLES))
+        _cleanup_routes(capture)
+        return
+    log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
+    added_routes: list[RouteStep] = []
+    try:
+        _add_system_steps(plan, added_routes)
+    except Exception as err:
+        from .routes import remove_routes
+
+        problems: list[str] = []
+        try:
+            apply_nft(cleanup_text() + before)
+        except Exception as undo:
+            problems.append(str(undo))
+        try:
+            remove_routes(added_routes)
+        except Exception as undo:
+            problems.append(str(undo))
+        outcome = ("ROLLBACK INCOMPLETE: " + "; ".join(problems)) if problems else \
+            "the namespace was restored to its state before this run"
+        raise ApplyError(f"{err}; {outcome}") from None
+    log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
+
+
+def _nft_tables_text(tables: tuple[str, ...]) -> str:
+    """`nft list table` of each of our tables that exists now (valid `nft -f` input)."""
+    from .spawn import run
+
+    parts = []
+    for table in tables:
+        done = run(["nft", "list", "table", "inet", table], timeout=30)
+        if done.returncode == 0:
+            parts.append(done.stdout)
+    return "".join(parts)
 
 
 def _backend_name(work: FamilyWork, run: RunOptions) -> str:
@@ -214,15 +270,28 @@ def _write_all(works: list[FamilyWork], plan: Plan, capture: CaptureConfig, run:
         if run.cleanup_only:
             _cleanup_routes(capture)
             return
-        if plan.addresses:
-            added_address = netlink.add_ipv6_address(plan.addresses[0].address.split("/")[0])
-        if plan.routes:
-            from .routes import apply_routes
-
-            added_routes = apply_routes(plan.routes)
+        added_address = _add_system_steps(plan, added_routes)
     except Exception as err:
         failure = _rollback(written, added_routes, added_address)
         raise ApplyError(f"{err}; {failure}") from None
+
+
+def _add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
+    """The ::6 address and the TPROXY routes; returns whether the address was added
+    (`added_routes` collects the routes as they are added)."""
+    added_address = False
+    if plan.addresses:
+        added_address = netlink.add_ipv6_address(plan.addresses[0].address.split("/")[0])
+    if plan.routes:
+        from .routes import apply_routes
+
+        try:
+            apply_routes(plan.routes, added_routes)
+        except Exception:
+            if added_address:
+                netlink.delete_ipv6_address(plan.addresses[0].address.split("/")[0])
+            raise
+    return added_address
 
 
 def _write_family(work: FamilyWork, run: RunOptions) -> None:

@@ -92,7 +92,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("force_apply", "--force-apply", None, ("FORCE_APPLY",), "false",
            "Apply even when the rules already appear to be in place.", is_flag=True),
     Option("native_nftables", "--native-nftables", None, ("NATIVE_NFTABLES",), "false",
-           "Istio's native nftables mode (not supported: refused with a clear error).", is_flag=True),
+           "Istio's native nftables mode: inet istio-proxy-* tables written with `nft -f`.", is_flag=True),
     Option("force_iptables_binary", "--force-iptables-binary", None, ("FORCE_IPTABLES_BINARY",), "",
            "Use iptables-legacy ('legacy') or iptables-nft ('nft') instead of detecting."),
     Option("cni_mode", "--cni-mode", None, ("CNI_MODE",), "false", "Accepted for compatibility; ignored.",
@@ -102,7 +102,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("resolv_conf", "--resolv-conf", None, ("ISTIO_IPTABLES_RESOLV_CONF",), "/etc/resolv.conf",
            "Where the nameservers for DNS capture are read."),
     Option("output", "--output", None, ("ISTIO_IPTABLES_OUTPUT",), "restore",
-           "Dry-run format: restore, commands or json."),
+           "Dry-run format: restore, commands, json, or nft (Istio's native nftables ruleset)."),
     Option("backend", "--backend", None, ("ISTIO_IPTABLES_BACKEND",), "restore",
            "restore (iptables-restore, legacy or nft as detected) or libiptc (python-iptables, legacy only)."),
     Option("log_format", "--log-format", None, ("ISTIO_IPTABLES_LOG_FORMAT",), "text", "text or json."),
@@ -211,9 +211,9 @@ def build_run_options(raw: _Raw, cleanup: bool) -> RunOptions:
     netns = raw["network_namespace"].strip()
     if netns and ("\x00" in netns or (not netns.startswith("/") and "/" in netns)):
         raise ConfigError(raw.flag("network_namespace"), netns, "expected a path or a name in /var/run/netns")
-    if raw.boolean("native_nftables"):
-        raise ConfigError(raw.flag("native_nftables"), "true",
-                          "native nftables is not supported; use iptables-nft (the default on nft hosts)")
+    native = raw.boolean("native_nftables")
+    if native and raw["backend"].strip().lower() == "libiptc":
+        raise ConfigError(raw.flag("backend"), raw["backend"], "--native-nftables writes nft, not libiptc")
     return RunOptions(
         dry_run=raw.boolean("dry_run"),
         cleanup_only=cleanup or raw.boolean("cleanup_only"),
@@ -225,10 +225,11 @@ def build_run_options(raw: _Raw, cleanup: bool) -> RunOptions:
         probe_timeout=c.parse_duration(raw.flag("probe_timeout"), raw["probe_timeout"]),
         network_namespace=netns,
         force_iptables_binary=binary,
+        native_nftables=native,
         backend=raw.choice("backend", ("restore", "libiptc")),
         ipv6=raw.choice("ipv6", ("auto", "on", "off")),
         resolv_conf=raw["resolv_conf"],
-        output=raw.choice("output", ("restore", "commands", "json")),
+        output=raw.choice("output", ("restore", "commands", "json", "nft")),
         log_format=raw.choice("log_format", ("text", "json")),
     )
 
@@ -317,6 +318,11 @@ def _dry_run(settings: Settings) -> int:
     facts = hostfacts.gather(run.ipv6, settings.capture.dual_stack,
                              settings.capture.redirect_dns and not settings.capture.capture_all_dns,
                              run.resolv_conf)
+    if run.output == "nft" or (run.native_nftables and run.output == "restore"):
+        from .nft import render_nft
+
+        sys.stdout.write(render_nft(settings.capture, facts))
+        return 0
     plan = build_plan(settings.capture, facts)
     sys.stdout.write(RENDERERS[run.output](plan))
     return 0

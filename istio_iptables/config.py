@@ -114,6 +114,7 @@ class RunOptions(NamedTuple):
     probe_timeout: float = 5.0
     network_namespace: str = ""
     force_iptables_binary: str = ""
+    native_nftables: bool = False
     backend: str = "restore"
     ipv6: str = "auto"
     resolv_conf: str = "/etc/resolv.conf"

@@ -44,11 +44,11 @@ def _change(ipr: Any, verb: str, step: RouteStep, lo_index: int) -> None:
                   scope="host", table=step.table, oif=lo_index)
 
 
-def apply_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:
-    """Add each missing step; returns the ones added (what a rollback must remove)."""
+def apply_routes(steps: Sequence[RouteStep], added: list[RouteStep]) -> None:
+    """Add each missing step, appending it to `added` as soon as it exists, so that a
+    failure half-way still tells the rollback what to remove."""
     from pyroute2 import IPRoute
 
-    added: list[RouteStep] = []
     with IPRoute() as ipr:
         lo_index = ipr.link_lookup(ifname="lo")[0]
         for step in steps:
@@ -59,7 +59,6 @@ def apply_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:
             except Exception as err:  # pyroute2 raises NetlinkError and friends
                 raise RouteError(f"{step.describe()} failed: {err}") from None
             added.append(step)
-    return added
 
 
 def remove_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:

@@ -188,3 +188,12 @@ def test_istio_injector_arguments_are_accepted(capsys: pytest.CaptureFixture[str
     assert dry(capsys, *injected[1:]) == dry(capsys, *STANDARD)
     assert main(["istio-iptables", "--dry-run", "--ipv6", "off", *STANDARD, "--log_output_level=default:info"]) == 0
     assert "ISTIO_OUTPUT" in capsys.readouterr().out
+
+
+def test_native_nftables_dry_run_prints_istio_nft_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-n", "--ipv6", "off", "--native-nftables", *STANDARD]) == 0
+    nft = capsys.readouterr().out.splitlines()
+    assert nft[0] == "add table inet istio-proxy-nat"
+    assert "add rule inet istio-proxy-nat istio-output counter jump istio-redirect" in nft
+    assert main(["-n", "--ipv6", "off", "--output", "nft", *STANDARD]) == 0
+    assert capsys.readouterr().out.splitlines() == nft

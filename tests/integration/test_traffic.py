@@ -7,6 +7,7 @@ receives the traffic and what SO_ORIGINAL_DST says.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from .conftest import APP_UID, SEED, STANDARD, applied
 
 pytestmark = pytest.mark.netns
 OTHER_EXTERNAL_IPV4 = "198.51.100.200"
+
+
+def _nft_rules(lab: NetLab) -> str:
+    """The pod's nft ruleset without packet counters."""
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", lab.run("pod", "nft", "list", "ruleset").stdout)
 
 
 def _proxy(lab: NetLab, family: socket.AddressFamily = socket.AF_INET) -> tuple[object, object]:
@@ -183,3 +189,22 @@ def test_redirect_dns_sends_udp_queries_to_the_agent(lab: NetLab, tmp_path: Path
     assert reply is not None
     assert agent.wait_for_hit().data == b"query"
     assert upstream.hits == []
+
+
+def test_native_nftables_mode_captures_and_cleans_up(lab: NetLab) -> None:
+    _, inbound = _proxy(lab)
+    lab.listen("pod", 8080)
+    lab.listen("peer", 80)
+    applied(lab, *STANDARD, "--ipv6", "off", "--native-nftables")
+
+    assert lab.connect("peer", POD_IPV4, 8080).landed_port == 15006
+    assert inbound.wait_for_hit().original_dst == (POD_IPV4, 8080)  # type: ignore[attr-defined]
+    assert lab.connect("pod", EXTERNAL_IPV4, 80, uid=APP_UID).landed_port == 15001
+    assert lab.connect("pod", EXTERNAL_IPV4, 80, uid=1337).landed_port == 80
+    ruleset = _nft_rules(lab)
+    applied(lab, *STANDARD, "--ipv6", "off", "--native-nftables")  # a restart replaces, same ruleset
+    assert _nft_rules(lab) == ruleset
+
+    applied(lab, "--native-nftables", "--cleanup-only", "--ipv6", "off")
+    assert "istio-proxy" not in lab.run("pod", "nft", "list", "ruleset").stdout
+    assert lab.connect("pod", EXTERNAL_IPV4, 80, uid=APP_UID).landed_port == 80

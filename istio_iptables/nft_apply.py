@@ -1,0 +1,105 @@
+"""Write, remove and read Istio's native nftables ruleset with the `nft` binary.
+
+`nft -f -` runs its whole input as one netlink batch: the kernel commits every line
+or none of them, so a refused rule leaves the namespace exactly as it was (no
+snapshot or rollback needed, unlike iptables-restore per table).  The `flush table`
+lines of `render_nft` make a re-run replace the rules of Istio's tables, and only
+those; other nftables tables (kube-proxy's, a CNI's) are never named, so never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from . import spawn
+from .nft import TABLES, cleanup_text
+
+NFT_BINARY = "nft"
+DEFAULT_TIMEOUT = 60.0
+# nft locates errors as "<file>:<line>:<first column>-<last column>: Error: <reason>".
+_ERROR_RE = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<cols>[\d-]+): Error: (?P<reason>.*)$", re.MULTILINE)
+
+
+class NftError(RuntimeError):
+    """nft failed (nothing was changed).  `line_number`/`line` name the line of our input
+    nft refused, when it said which; `reason` is nft's own words."""
+
+    def __init__(self, message: str, *, reason: str = "", line_number: int | None = None,
+                 line: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.line_number = line_number
+        self.line = line
+        self.stderr = stderr
+
+
+class Refusal(NamedTuple):
+    """The first error nft reported: its reason and, if located, the line number."""
+
+    reason: str
+    line_number: int | None
+
+
+def apply_nft(text: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Feed `text` (from `render_nft`) to `nft -f -` as one atomic transaction."""
+    if not text.strip():
+        return
+    done = _nft(["-f", "-"], stdin=text, timeout=timeout)
+    if done.returncode != 0:
+        raise _refused(text, done.stderr, "applying the nftables ruleset")
+
+
+def cleanup_nft(*, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Delete istio-proxy-nat, -mangle and -raw if present, in one transaction.
+    Idempotent: each `delete table` follows an `add table`, so a missing table is no error."""
+    text = cleanup_text(TABLES)
+    done = _nft(["-f", "-"], stdin=text, timeout=timeout)
+    if done.returncode != 0:
+        raise _refused(text, done.stderr, "deleting the istio-proxy-* nftables tables")
+
+
+def nft_ruleset(*, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """`nft list ruleset`: every table of the namespace, for dry runs, logs and tests."""
+    done = _nft(["list", "ruleset"], timeout=timeout)
+    if done.returncode != 0:
+        raise NftError(f"nft list ruleset failed: {_first_line(done.stderr)}", stderr=done.stderr)
+    return done.stdout
+
+
+def _nft(args: list[str], *, stdin: str | None = None, timeout: float) -> spawn.Finished:
+    """Run nft, turning a missing binary or a hang into an NftError."""
+    argv = [NFT_BINARY, *args]
+    try:
+        return spawn.run(argv, stdin, timeout)
+    except FileNotFoundError:
+        raise NftError(f"{NFT_BINARY!r} not found on PATH: native nftables mode needs the nftables "
+                       "package (the nft binary) in the image") from None
+    except spawn.SpawnTimeout as err:
+        raise NftError(f"{' '.join(argv)} did not finish: {err}") from None
+
+
+def parse_refusal(stderr: str) -> Refusal:
+    """The first located error of nft's stderr, or its first line when none is located."""
+    match = _ERROR_RE.search(stderr)
+    if match is None:
+        return Refusal(_first_line(stderr), None)
+    return Refusal(match.group("reason").strip(), int(match.group("line")))
+
+
+def _refused(text: str, stderr: str, doing: str) -> NftError:
+    """An NftError quoting the line of `text` nft refused (nft numbers lines from 1)."""
+    refusal = parse_refusal(stderr)
+    lines = text.splitlines()
+    number = refusal.line_number
+    if number is None or not 1 <= number <= len(lines):
+        return NftError(f"nft failed {doing}: {refusal.reason}; nothing was changed",
+                        reason=refusal.reason, stderr=stderr)
+    line = lines[number - 1]
+    return NftError(f"nft refused line {number} ({line!r}): {refusal.reason}; nothing was changed",
+                    reason=refusal.reason, line_number=number, line=line, stderr=stderr)
+
+
+def _first_line(text: str) -> str:
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else "no error message"
