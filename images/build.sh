@@ -47,7 +47,7 @@ MMDEBSTRAP_COMMON=(
     --dpkgopt='path-exclude=/usr/share/lintian/*'
     --dpkgopt='path-exclude=/usr/share/bash-completion/*'
 )
-RUNTIME_PACKAGES="python3,iptables"
+RUNTIME_PACKAGES="python3,iptables,nftables"
 BUILDER_PACKAGES="python3,python3-venv,python3-dev,gcc,libc6-dev"
 # Removed after install: apt state (no apt in an essential rootfs anyway), dpkg and
 # debconf backups, logs, and glibc's iconv modules (Python has its own codecs).

@@ -290,6 +290,13 @@ for variant in "--force-iptables-binary legacy" "--backend libiptc"; do
     fi
     show "$(grep -E ' INFO IPv4: (using|apply)' <<<"$out")"
 done
+out="$(pm run --rm --network none --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW "$IMAGE" \
+    "${ISTIO_ARGS[@]}" --native-nftables 2>&1)" && rc=0 || rc=$?
+if [[ $rc == 0 ]] && grep -q 'table inet istio-proxy-nat' <<<"$out"; then
+    pass "--native-nftables in a fresh netns: exit 0, inet istio-proxy-nat written"
+else
+    fail "--native-nftables: exit $rc"; show "$out"
+fi
 out="$(pm run --rm --network none --cap-drop ALL --cap-add NET_RAW "$IMAGE" 2>&1)" && rc=0 || rc=$?
 if [[ $rc != 0 ]] && grep -q 'NET_ADMIN' <<<"$out"; then
     pass "without NET_ADMIN: exit $rc, and the error names the missing capability"
