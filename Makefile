@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-unit lint demo bench image e2e clean
+.PHONY: install dev test test-unit lint demo bench bench-instructions image e2e clean
 
 install:            ## install the tool (console scripts istio-iptables, istio-clean-iptables)
 	$(PIP) install .
@@ -24,7 +24,12 @@ demo:               ## scratch pod namespace, standard profile, show the rules a
 	$(PYTHON) scripts/demo.py
 
 bench:              ## startup cost against the floor and the shell baseline (root)
+	$(PYTHON) -m compileall -q istio_iptables
 	$(PYTHON) bench/bench.py
+
+bench-instructions: ## the same comparison in instructions (valgrind): repeatable on a noisy VM
+	$(PYTHON) -m compileall -q istio_iptables
+	$(PYTHON) bench/instructions.py
 
 image:              ## build the init-container image (podman), from a local Debian base
 	bash images/build.sh

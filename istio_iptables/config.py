@@ -7,10 +7,7 @@ anything iptables would reject is rejected here, before anything is touched, wit
 `ConfigError` that names the flag and the value.
 """
 
-from __future__ import annotations
-
 import _socket
-import ipaddress
 import re
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -20,12 +17,12 @@ TPROXY = "TPROXY"
 
 # Kernel interface names: 1-15 bytes, no '/', ':' or whitespace.  We also refuse
 # shell and iptables metacharacters; '+' is iptables' trailing wildcard (eth+).
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$|^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,13}\+$")
+_IFACE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$|^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,13}\+$"
 # POSIX portable user/group names, as useradd accepts them.
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$"
 # Route tables 0 (unspec) and 253-255 (default, main, local) belong to the kernel.
 _RESERVED_ROUTE_TABLES = frozenset({0, 253, 254, 255})
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_PATTERN = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
@@ -51,11 +48,11 @@ class Cidrs(NamedTuple):
 
     @property
     def v4_has_loopback(self) -> bool:
-        return any(ipaddress.ip_interface(c).ip.is_loopback for c in self.v4)
+        return any(c.startswith("127.") for c in self.v4)  # canonical text: 127.0.0.0/8
 
     @property
     def v6_has_loopback(self) -> bool:
-        return any(ipaddress.ip_interface(c).ip.is_loopback for c in self.v6)
+        return any(c.split("/")[0] == "::1" for c in self.v6)
 
 
 class OwnerGroups(NamedTuple):
@@ -195,7 +192,7 @@ def parse_interfaces(flag: str, raw: str) -> tuple[str, ...]:
     """Interface names as the kernel allows them (plus iptables' trailing '+')."""
     names = split_list(raw)
     for name in names:
-        if name in {".", ".."} or not _IFACE_RE.match(name):
+        if name in {".", ".."} or not re.match(_IFACE_PATTERN, name):
             raise ConfigError(flag, raw, f"{name!r} is not a valid interface name")
     return tuple(names)
 
@@ -207,7 +204,7 @@ def parse_owner_list(flag: str, raw: str) -> tuple[str, ...]:
         if item.isdigit():
             if int(item) > 0xFFFFFFFE:
                 raise ConfigError(flag, raw, f"{item!r} is out of range for a uid/gid")
-        elif not _NAME_RE.match(item):
+        elif not re.match(_NAME_PATTERN, item):
             raise ConfigError(flag, raw, f"{item!r} is neither a number nor a valid user/group name")
     return tuple(str(int(i)) if i.isdigit() else i for i in items)
 
@@ -252,12 +249,13 @@ def parse_bool(flag: str, raw: str) -> bool:
 def parse_duration(flag: str, raw: str) -> float:
     """A Go duration ('5s', '500ms', '1m30s') or plain seconds; returns seconds."""
     text = raw.strip()
+    plain = text[:-1] if text.endswith("s") and text[:-1].replace(".", "", 1).isdigit() else text
     try:
-        seconds = float(text)
+        seconds = float(plain)  # "5" or the common "5s", without compiling the regex
     except ValueError:
         pos = 0
         seconds = 0.0
-        for match in _DURATION_RE.finditer(text):
+        for match in re.finditer(_DURATION_PATTERN, text):
             if match.start() != pos:
                 break
             seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -271,15 +269,12 @@ def parse_duration(flag: str, raw: str) -> float:
 
 def parse_loopback_cidr(flag: str, raw: str) -> str:
     """ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: an IPv4 loopback CIDR with a /8-/32 mask."""
-    try:
-        iface = ipaddress.ip_interface(raw.strip())
-    except ValueError:
-        raise ConfigError(flag, raw, "expected an IPv4 loopback CIDR such as 127.0.0.1/32") from None
-    if "/" not in raw or iface.version != 4 or not iface.ip.is_loopback:
+    version, text = _normalize_cidr(raw.strip())
+    if version != 4 or not text.startswith("127."):
         raise ConfigError(flag, raw, "expected an IPv4 loopback CIDR such as 127.0.0.1/32")
-    if not 8 <= iface.network.prefixlen <= 32:
+    if not 8 <= int(text.split("/")[1]) <= 32:
         raise ConfigError(flag, raw, "the mask must be between /8 and /32")
-    return f"{iface.ip}/{iface.network.prefixlen}"
+    return text
 
 
 def parse_owner_groups(include_flag: str, include: str, exclude_flag: str, exclude: str) -> OwnerGroups:

@@ -6,9 +6,7 @@ addresses uses one raw netlink dump from the standard library, so the common pat
 never imports pyroute2.
 """
 
-from __future__ import annotations
-
-import ipaddress
+import _socket
 import os
 import pwd
 from typing import NamedTuple
@@ -31,16 +29,37 @@ class HostFacts(NamedTuple):
     nameservers_v6: tuple[str, ...] = ()
 
 
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_V6_LOOPBACK = b"\x00" * 15 + b"\x01"
+
+
+def _packed(text: str) -> tuple[int, bytes]:
+    """(4 or 6, packed address), or (0, b'') when `text` is not an IP address."""
+    for family, version in ((_socket.AF_INET, 4), (_socket.AF_INET6, 6)):
+        try:
+            return version, _socket.inet_pton(family, text)
+        except OSError:
+            continue
+    return 0, b""
+
+
+def _loopback_or_link_local(version: int, packed: bytes) -> bool:
+    """127/8 and 169.254/16; ::1 and fe80::/10: the addresses Istio skips."""
+    if version == 4:
+        return packed[0] == 127 or packed[:2] == b"\xa9\xfe"
+    return packed == _V6_LOOPBACK or (packed[0] == 0xFE and packed[1] & 0xC0 == 0x80)
+
+
 def ipv6_from_addresses(addresses: list[str], dual_stack: bool) -> bool:
     """Istio's rule: IPv6 when the first usable (not loopback, not link-local) address
     is IPv6; with dual stack, when any usable address is IPv6."""
     usable = []
     for text in addresses:
-        ip = ipaddress.ip_address(text)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not (ip.is_loopback or ip.is_link_local):
-            usable.append(ip.version == 6)
+        version, packed = _packed(text)
+        if version == 6 and packed[:12] == _V4_MAPPED_PREFIX:
+            version, packed = 4, packed[12:]
+        if version and not _loopback_or_link_local(version, packed):
+            usable.append(version == 6)
     if not usable:
         log.warning("no usable (non-loopback, non-link-local) address found; assuming IPv4 only")
         return False
@@ -66,12 +85,11 @@ def read_nameservers(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         fields = line.split()
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
-        try:
-            ip = ipaddress.ip_address(fields[1])
-        except ValueError:
+        version, _ = _packed(fields[1])
+        if not version:
             log.debug("ignoring nameserver %r: not an IP address", fields[1])
             continue
-        (v4 if ip.version == 4 else v6).append(fields[1])
+        (v4 if version == 4 else v6).append(fields[1])
     return tuple(v4), tuple(v6)
 
 

@@ -11,8 +11,6 @@ Pure: no I/O.  The rule order mirrors Istio's capture/run.go because nftables, l
 iptables, evaluates rules in order, and Istio's golden files pin that order down.
 """
 
-from __future__ import annotations
-
 import re
 from typing import NamedTuple
 

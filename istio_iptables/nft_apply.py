@@ -7,8 +7,6 @@ lines of `render_nft` make a re-run replace the rules of Istio's tables, and onl
 those; other nftables tables (kube-proxy's, a CNI's) are never named, so never touched.
 """
 
-from __future__ import annotations
-
 import re
 from typing import NamedTuple
 

@@ -7,8 +7,6 @@ iptables binaries need much less: stdin and both outputs go through memfd files
 posix_spawn, and a pidfd gives the timeout.
 """
 
-from __future__ import annotations
-
 import os
 from typing import NamedTuple
 
@@ -51,7 +49,10 @@ def _wait(pid: int, timeout: float) -> int:
     """Wait for `pid` at most `timeout` seconds; returns its wait status."""
     import select
 
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # kernel < 5.3, or a seccomp profile without pidfd_open
+        return _wait_polling(pid, timeout)
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
@@ -62,6 +63,24 @@ def _wait(pid: int, timeout: float) -> int:
     finally:
         os.close(pidfd)
     return os.waitpid(pid, 0)[1]
+
+
+def _wait_polling(pid: int, timeout: float) -> int:
+    """The fallback: poll waitpid with short sleeps."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise SpawnTimeout(f"killed after {timeout:g}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def run(argv: list[str], stdin: str | None = None, timeout: float = 60.0) -> Finished:

@@ -133,3 +133,21 @@ def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
             "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    from istio_iptables import spawn
+
+    big = "x" * 300_000  # larger than a pipe buffer: no deadlock
+    assert spawn.run(["cat"], big).stdout == big
+    assert spawn.run(["sh", "-c", "echo oops >&2; exit 3"]) == spawn.Finished(3, "", "oops\n")
+    with pytest.raises(FileNotFoundError):
+        spawn.run(["no-such-program-here"])
+
+    def no_pidfd(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(spawn.os, "pidfd_open", no_pidfd)
+    assert spawn.run(["sh", "-c", "exit 4"]).returncode == 4
+    with pytest.raises(spawn.SpawnTimeout):
+        spawn.run(["sleep", "5"], timeout=0.2)
