@@ -151,3 +151,14 @@ def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monke
     assert spawn.run(["sh", "-c", "exit 4"]).returncode == 4
     with pytest.raises(spawn.SpawnTimeout):
         spawn.run(["sleep", "5"], timeout=0.2)
+
+
+def test_restore_errors_name_the_binary_table_rule_and_kernel_words() -> None:
+    from istio_iptables.backends.restore import _explain
+
+    text = "*mangle\n-N ISTIO_TPROXY\n-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006\nCOMMIT\n"
+    stderr = "iptables-restore v1.8.9 (nf_tables): line 3 failed: No chain/target/match by that name.\n"
+    message = _explain("iptables-nft-restore", text, stderr, "the IPv4 apply")
+    assert message.startswith("iptables-nft-restore refused the IPv4 apply in table mangle, line 3:")
+    assert "-j TPROXY --on-port 15006" in message
+    assert "No chain/target/match by that name" in message

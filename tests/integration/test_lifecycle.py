@@ -202,3 +202,55 @@ def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
     assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["True", "False"]
+
+
+def _istio_1_3_commands(case: str) -> list[list[str]]:
+    """The IPv4 iptables commands Istio 1.3's istio-iptables.sh ran for a golden case."""
+    from tests.conftest import REFERENCE
+
+    text = (REFERENCE / "istio-1.3-golden" / f"{case}_golden.txt").read_text()
+    body = text.split("ENABLE_INBOUND_IPV6=", 1)[1]
+    return [line.split()[1:] for line in body.splitlines() if line.startswith("iptables -t ")]
+
+
+def test_rules_left_by_istio_1_3_are_reconciled_and_cleaned(lab: NetLab) -> None:
+    """An upgraded init container meets the old script's rules (different jumps,
+    e.g. `-A OUTPUT -p tcp -j ISTIO_OUTPUT`): drift is refused, --reconcile replaces
+    them with exactly what a fresh apply writes, cleanup removes everything."""
+    import json
+
+    from tests.conftest import REFERENCE
+
+    case = json.loads((REFERENCE / "istio-1.3-golden" / "cases.json").read_text())["cases"]["mode_redirect"]
+    args = (*case["args"], "--ipv6", "off")
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    before = saved(lab)
+    for command in _istio_1_3_commands("mode_redirect"):
+        lab.run("pod", "iptables-nft", *command)
+    assert "-A OUTPUT -p tcp -j ISTIO_OUTPUT" in saved(lab)
+
+    assert istio(lab, *args).returncode == 1
+    applied(lab, *args, "--reconcile")
+    reconciled = saved(lab)
+    applied(lab, *args, "--cleanup-only")
+    assert saved(lab) == before
+    applied(lab, *args)
+    assert saved(lab) == reconciled
+
+
+def test_namespace_by_name_and_under_ip_netns_exec(lab: NetLab) -> None:
+    import subprocess
+    import sys
+
+    by_name = subprocess.run([sys.executable, "-m", "istio_iptables", "--network-namespace", lab.pod_ns,
+                              *STANDARD, "--ipv6", "off"], capture_output=True, text=True, check=False)
+    assert by_name.returncode == 0, by_name.stderr
+    rules = saved(lab)
+    assert "ISTIO_OUTPUT" in rules
+    under_exec = lab.run("pod", sys.executable, "-m", "istio_iptables", *STANDARD, "--ipv6", "off")
+    assert "in-sync" in under_exec.stderr
+    assert saved(lab) == rules
+    missing = subprocess.run([sys.executable, "-m", "istio_iptables", "--network-namespace", "no-such-netns",
+                              *STANDARD], capture_output=True, text=True, check=False)
+    assert missing.returncode == 1
+    assert "no-such-netns" in missing.stderr
