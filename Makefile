@@ -16,9 +16,9 @@ test:               ## all tests; netns tests run as root (REQUIRE_NETNS=1 turns
 test-unit:          ## tests that need no root
 	$(PYTHON) -m pytest -q -m 'not netns'
 
-lint:               ## ruff and mypy, both must be clean
-	$(PYTHON) -m ruff check istio_iptables tests
-	$(PYTHON) -m mypy
+lint:               ## ruff and mypy --strict over the package, tests, bench and scripts
+	$(PYTHON) -m ruff check istio_iptables tests bench scripts
+	$(PYTHON) -m mypy istio_iptables tests bench scripts
 
 demo:               ## scratch pod namespace, standard profile, show the rules and where a connection lands
 	$(PYTHON) scripts/demo.py

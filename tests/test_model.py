@@ -147,7 +147,7 @@ def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monke
     def no_pidfd(pid: int) -> int:
         raise OSError(38, "Function not implemented")
 
-    monkeypatch.setattr(spawn.os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr("istio_iptables.spawn.os.pidfd_open", no_pidfd)
     assert spawn.run(["sh", "-c", "exit 4"]).returncode == 4
     with pytest.raises(spawn.SpawnTimeout):
         spawn.run(["sleep", "5"], timeout=0.2)
