@@ -1,0 +1,59 @@
+"""Istio's native nftables mode, orchestrated: one `nft -f` transaction, then the
+::6 address and TPROXY routes, with the previous tables put back if those fail."""
+
+from __future__ import annotations
+
+from . import logs as log
+from .config import CaptureConfig, RunOptions
+from .errors import ApplyError
+from .hostfacts import HostFacts
+from .nft import TABLES, cleanup_text, render_nft
+from .nft_apply import NftError, apply_nft, cleanup_nft, nft_ruleset
+from .plan import Plan, RouteStep
+from .spawn import run as spawn_run
+from .system import add_system_steps, cleanup_system_steps, undo_system_steps
+
+
+def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: HostFacts) -> None:
+    """Istio's native nftables mode: our three inet tables are deleted and rewritten in
+    one `nft -f` transaction, so a re-run (same or other flags) replaces ours and only
+    ours; other tables are never touched."""
+    try:
+        if run.cleanup_only:
+            cleanup_nft()
+        else:
+            before = _nft_tables_text(TABLES)
+            apply_nft(cleanup_text() + render_nft(capture, facts))
+    except NftError as err:
+        raise ApplyError(f"{err}; nft commits all or nothing, so nothing was changed") from None
+    if run.cleanup_only:
+        log.info("removed tables %s", ", ".join(f"inet {t}" for t in TABLES))
+        cleanup_system_steps(capture)
+        return
+    log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
+    added_routes: list[RouteStep] = []
+    try:
+        add_system_steps(plan, added_routes)
+    except Exception as err:
+        problems: list[str] = []
+        try:
+            apply_nft(cleanup_text() + before)
+        except Exception as undo:
+            problems.append(str(undo))
+        problems += undo_system_steps(added_routes, False)
+        outcome = ("ROLLBACK INCOMPLETE: " + "; ".join(problems)) if problems else \
+            "the namespace was restored to its state before this run"
+        raise ApplyError(f"{err}; {outcome}") from None
+    log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
+
+
+def _nft_tables_text(tables: tuple[str, ...]) -> str:
+    """`nft list table` of each of our tables that exists now (valid `nft -f` input)."""
+    parts = []
+    for table in tables:
+        done = spawn_run(["nft", "list", "table", "inet", table], timeout=30)
+        if done.returncode == 0:
+            parts.append(done.stdout)
+    return "".join(parts)
+
+

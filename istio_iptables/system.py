@@ -1,0 +1,66 @@
+"""The steps outside iptables: Istio's ::6 address on lo and TPROXY's policy routing.
+
+Shared by the iptables and the native nftables modes, which both add these after
+their rules and must take them back when a later step fails.
+"""
+
+from __future__ import annotations
+
+from . import logs as log
+from . import netlink
+from .config import CaptureConfig
+from .errors import ApplyError
+from .plan import IPV6_INBOUND_PASSTHROUGH, Plan, RouteStep
+
+PASSTHROUGH_ADDRESS = IPV6_INBOUND_PASSTHROUGH.split("/")[0]
+
+
+def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
+    """The ::6 address and the TPROXY routes; returns whether the address was added
+    (`added_routes` collects the routes as they are added)."""
+    added_address = False
+    if plan.addresses:
+        added_address = netlink.add_ipv6_address(PASSTHROUGH_ADDRESS)
+    if plan.routes:
+        from .routes import apply_routes
+
+        try:
+            apply_routes(plan.routes, added_routes)
+        except Exception:
+            if added_address:
+                netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS)
+            raise
+    return added_address
+
+
+def undo_system_steps(routes: list[RouteStep], address: bool) -> list[str]:
+    """Remove what add_system_steps added; returns the problems (empty: all undone)."""
+    problems: list[str] = []
+    if routes:
+        from .routes import remove_routes
+
+        try:
+            remove_routes(routes)
+        except Exception as err:
+            problems.append(str(err))
+    if address:
+        try:
+            netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS)
+        except OSError as err:
+            problems.append(str(err))
+    return problems
+
+
+def cleanup_system_steps(capture: CaptureConfig) -> None:
+    """Remove the TPROXY routes for this mark/table (any mode) and the ::6 address."""
+    steps = [RouteStep("rule", f, capture.tproxy_route_table, capture.tproxy_mark) for f in (4, 6)]
+    steps += [RouteStep("route", f, capture.tproxy_route_table) for f in (4, 6)]
+    from .routes import remove_routes
+
+    for step in remove_routes(steps):
+        log.info("removed: %s", step.describe())
+    try:
+        if netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS):
+            log.info("removed ::6/128 from lo")
+    except OSError as err:
+        raise ApplyError(f"removing ::6/128 from lo failed: {err}") from None
