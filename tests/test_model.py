@@ -129,7 +129,7 @@ def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
             "from istio_iptables.hostfacts import HostFacts; from istio_iptables.render import render_restore;"
             "s = build_settings({'outbound_cidrs': '*', 'inbound_ports': '*'}, {});"
             "render_restore(build_plan(s.capture, HostFacts(ipv6=True)));"
-            "import istio_iptables.apply, istio_iptables.backends.restore;"
+            "import istio_iptables.apply, istio_iptables.iptables_apply, istio_iptables.system;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
