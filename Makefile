@@ -1,5 +1,5 @@
 # istio-iptables developer entry points.  Run as root for demo/test-netns/bench/image/e2e.
-PYTHON ?= python3
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 PIP ?= $(PYTHON) -m pip
 
 .PHONY: install dev test test-unit lint demo bench bench-instructions image e2e clean
