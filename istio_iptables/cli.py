@@ -105,7 +105,6 @@ OPTIONS: tuple[Option, ...] = (
            "restore (iptables-restore, legacy or nft as detected) or libiptc (python-iptables, legacy only)."),
     Option("log_format", "--log-format", None, ("ISTIO_IPTABLES_LOG_FORMAT",), "text", "text or json."),
 )
-OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 # Env-only settings Istio reads.
 ENV_ONLY = {
     "owner_groups_include": ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),

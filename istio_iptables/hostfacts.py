@@ -7,7 +7,6 @@ never imports pyroute2.
 """
 
 import _socket
-import os
 import pwd
 from typing import NamedTuple
 
@@ -109,7 +108,3 @@ def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str) -> Hos
     if need_dns:
         servers = read_nameservers(resolv_conf)
     return HostFacts(ipv6=enable_v6, nameservers_v4=servers[0], nameservers_v6=servers[1])
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
