@@ -84,7 +84,12 @@ def _survey(plan: Plan, run: RunOptions, forced: str) -> list[FamilyWork]:
 
 
 def _refuse_libiptc_on_nft(works: list[FamilyWork]) -> None:
+    """python-iptables writes legacy tables only; refuse where iptables-nft holds rules."""
+    from .netlink import nft_has_tables
+
     for work in works:
+        if nft_has_tables(work.family) is False:
+            continue  # nf_tables is empty here: nothing to hide rules from
         nft = rb.Binary(work.family, "nft")
         try:
             nft_state = state.parse_save(rb.save(nft))
