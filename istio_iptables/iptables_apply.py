@@ -181,6 +181,7 @@ def _rollback(written: list[FamilyWork], routes: list[RouteStep], address: bool)
         try:
             rb.restore(work.binary, state.snapshot_text(work.before, work.tables), noflush=False,
                        what="the rollback")
+            _drop_new_nft_tables(work)
         except rb.IptablesError as err:
             problems.append(str(err))
     problems += undo_system_steps(routes, address)
@@ -189,6 +190,20 @@ def _rollback(written: list[FamilyWork], routes: list[RouteStep], address: bool)
     if not changed:
         return "nothing was changed (the namespace is as it was before this run)"
     return "the namespace was restored to its state before this run"
+
+
+def _drop_new_nft_tables(work: FamilyWork) -> None:
+    """iptables-nft creates a table on first use and no iptables command deletes one:
+    after the snapshot is back, delete (with nft, when installed) the tables this run
+    created, so that the ruleset is as it was down to the table list."""
+    if work.binary.flavour != "nft" or rb.which("nft") is None:
+        return
+    from .spawn import run
+
+    family = "ip" if work.family == 4 else "ip6"
+    for table in work.tables:
+        if table not in work.current.tables:
+            run(["nft", "delete", "table", family, table], timeout=30)
 
 
 def _unchanged(work: FamilyWork) -> bool:

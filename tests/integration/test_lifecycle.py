@@ -160,6 +160,18 @@ def test_failure_after_both_families_were_written_is_rolled_back(lab: NetLab) ->
     assert (saved(lab), saved(lab, ipv6=True)) == (before4, before6)
 
 
+def test_rollback_in_a_fresh_namespace_leaves_no_empty_tables(lab: NetLab) -> None:
+    before4, before6 = saved(lab), saved(lab, ipv6=True)
+    assert before4 == "" and before6 == ""  # nothing at all in nf_tables yet
+    lab.sysctl("pod", "net.ipv6.conf.lo.disable_ipv6", "1")  # makes adding ::6 to lo fail
+
+    done = istio(lab, *STANDARD, "--dual-stack")
+
+    assert done.returncode == 1
+    assert "restored to its state before this run" in done.stderr
+    assert (saved(lab), saved(lab, ipv6=True)) == ("", "")
+
+
 def test_validation_passes_after_apply_and_fails_without_rules(lab: NetLab) -> None:
     failed = istio(lab, "--run-validation", "--skip-rule-apply", "--probe-timeout", "2s", "--ipv6", "off")
     assert failed.returncode == 126
