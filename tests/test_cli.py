@@ -162,7 +162,9 @@ _VALUE = st.one_of(
                      "TPROXY", "true", "1337", "x" * 40]),
 )
 _FLAGS = ["-p", "-z", "-e", "-u", "-g", "-m", "-t", "-r", "-b", "-d", "-c", "-i", "-x", "-q", "-o", "-k",
-          "--probe-timeout", "--iptables-probe-port", "--force-iptables-binary", "--output"]
+          "--probe-timeout", "--iptables-probe-port", "--force-iptables-binary", "--output", "--ipv6",
+          "--backend", "--log-format", "--resolv-conf", "--network-namespace", "--redirect-dns=",
+          "--dual-stack=", "--native-nftables="]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -171,7 +173,7 @@ def test_random_flag_values_exit_0_or_2_with_one_line(capsys: pytest.CaptureFixt
                                                       pairs: list[tuple[str, str]]) -> None:
     argv = ["--dry-run", "--ipv6", "on"]
     for flag, value in pairs:
-        argv += [flag, value]
+        argv += [flag + value] if flag.endswith("=") else [flag, value]
     status = main(argv)
     captured = capsys.readouterr()
     assert status in (0, 2)
