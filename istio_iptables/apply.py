@@ -26,6 +26,8 @@ EXIT_VALIDATION = 126
 def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     """Apply (or clean up) and optionally validate; returns the exit status."""
     started = time.monotonic()
+    if not run.skip_rule_apply or run.cleanup_only:
+        _check_owners_resolve(capture)  # bad input: one line, before anything is logged or touched
     if run.network_namespace:
         from .netns import NetnsError, enter
 
@@ -39,7 +41,6 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     plan = build_plan(capture, facts)
     log.info("host: ipv6=%s nameservers=%s", facts.ipv6, list(facts.nameservers_v4 + facts.nameservers_v6))
     if not run.skip_rule_apply or run.cleanup_only:
-        _check_owners_resolve(capture)
         try:
             if run.native_nftables:
                 from .native import execute_native

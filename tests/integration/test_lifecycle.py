@@ -266,3 +266,15 @@ def test_namespace_by_name_and_under_ip_netns_exec(lab: NetLab) -> None:
                               *STANDARD], capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "no-such-netns" in missing.stderr
+
+
+@pytest.mark.parametrize("bad", [("-b", "80,http"), ("-u", "no-such-user-here"), ("-x", "*")])
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(lab: NetLab, bad: tuple[str, str]) -> None:
+    applied(lab, *STANDARD, "--ipv6", "off")
+    before = saved(lab)
+
+    done = istio(lab, "-i", "*", "--ipv6", "off", "--reconcile", *bad)
+
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and bad[1] in done.stderr
+    assert saved(lab) == before
