@@ -395,9 +395,20 @@ def clean_main(argv: Sequence[str] | None = None) -> int:
     return _main("istio-clean-iptables", True, argv)
 
 
+def _exit_now(status: int) -> None:
+    """Flush and leave without the interpreter's teardown (freeing every module and
+    object costs a few ms of CPU that an init container gains nothing from)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = status or 1
+    os._exit(status)
+
+
 def entry() -> None:
-    raise SystemExit(main())
+    _exit_now(main())
 
 
 def clean_entry() -> None:
-    raise SystemExit(clean_main())
+    _exit_now(clean_main())
