@@ -177,15 +177,14 @@ def _normalize_cidr(item: str) -> tuple[int, str]:
     address, _, prefix = item.partition("/")
     if not prefix.isdigit() or len(prefix) > 3:
         return 0, ""
-    for family, version, bits in ((_socket.AF_INET, 4, 32), (_socket.AF_INET6, 6, 128)):
-        try:
-            packed = _socket.inet_pton(family, address)
-        except OSError:
-            continue
-        if int(prefix) > bits:
-            return 0, ""
-        return version, f"{_socket.inet_ntop(family, packed)}/{int(prefix)}"
-    return 0, ""
+    family, version, bits = (_socket.AF_INET6, 6, 128) if ":" in address else (_socket.AF_INET, 4, 32)
+    length = int(prefix)
+    if length > bits:
+        return 0, ""
+    try:
+        return version, f"{_socket.inet_ntop(family, _socket.inet_pton(family, address))}/{length}"
+    except OSError:
+        return 0, ""
 
 
 def parse_interfaces(flag: str, raw: str) -> tuple[str, ...]:

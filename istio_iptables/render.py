@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import FamilyPlan, Plan
+from .plan import FamilyPlan, Plan, Rule
 
 IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 
@@ -20,9 +20,17 @@ def restore_text(family_plan: FamilyPlan) -> str:
     for table in family_plan.tables():
         lines.append(f"* {table}")
         lines += [f"-N {chain}" for t, chain in chains if t == table]
-        lines += [" ".join(rule.verb_args) for rule in family_plan.by_table(table)]
+        lines += [_rule_line(rule) for rule in family_plan.rules if rule.table == table]
         lines.append("COMMIT")
-    return "".join(line + "\n" for line in lines)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _rule_line(rule: Rule) -> str:
+    """`-A chain params` or `-I chain position params`, as Istio prints them."""
+    if rule.position is None:
+        return f"-A {rule.chain} {' '.join(rule.params)}"
+    return f"-I {rule.chain} {rule.position} {' '.join(rule.params)}"
 
 
 def render_restore(plan: Plan) -> str:
