@@ -673,6 +673,12 @@ main()
 """
 
 
+def _client_identity(out: dict[str, object]) -> tuple[str | None, int, int, tuple[str, int] | None]:
+    """(error, uid, gid, source address) from a client report, common to TCP and UDP."""
+    error = None if out["error"] is None else str(out["error"])
+    return error, int(str(out["uid"])), int(str(out["gid"])), _as_address(out["src"])
+
+
 def _as_address(value: object) -> Address | None:
     """Convert a JSON ``[addr, port]`` list back into a tuple."""
     if isinstance(value, list) and len(value) == 2:
@@ -1048,14 +1054,15 @@ class NetLab:
         reported in :attr:`ConnectResult.error`, never raised.
         """
         out = self._client_call(ns, "tcp", dst_addr, dst_port, uid, gid, timeout, src_addr, payload)
+        error, real_uid, real_gid, src = _client_identity(out)
         return ConnectResult(
             ok=bool(out["ok"]),
             reply=bytes.fromhex(str(out["reply"])),
-            error=None if out["error"] is None else str(out["error"]),
+            error=error,
             connected=bool(out["connected"]),
-            uid=int(str(out["uid"])),
-            gid=int(str(out["gid"])),
-            src=_as_address(out["src"]),
+            uid=real_uid,
+            gid=real_gid,
+            src=src,
         )
 
     def udp_exchange(
@@ -1076,14 +1083,14 @@ class NetLab:
         (and reported in :attr:`UdpResult.sender`).
         """
         out = self._client_call(ns, "udp", dst, port, uid, gid, timeout, src_addr, payload)
-        ok = bool(out["ok"])
+        error, real_uid, real_gid, src = _client_identity(out)
         return UdpResult(
-            reply=bytes.fromhex(str(out["reply"])) if ok else None,
+            reply=bytes.fromhex(str(out["reply"])) if out["ok"] else None,
             sender=_as_address(out["sender"]),
-            error=None if out["error"] is None else str(out["error"]),
-            uid=int(str(out["uid"])),
-            gid=int(str(out["gid"])),
-            src=_as_address(out["src"]),
+            error=error,
+            uid=real_uid,
+            gid=real_gid,
+            src=src,
         )
 
     def _client_call(
