@@ -8,9 +8,8 @@ from .config import CaptureConfig, RunOptions
 from .errors import ApplyError
 from .hostfacts import HostFacts
 from .nft import TABLES, cleanup_text, render_nft
-from .nft_apply import NftError, apply_nft, cleanup_nft, nft_ruleset
+from .nft_apply import NftError, apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
 from .plan import Plan, RouteStep
-from .spawn import run as spawn_run
 from .system import add_system_steps, cleanup_system_steps, undo_system_steps
 
 
@@ -22,7 +21,7 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
         if run.cleanup_only:
             cleanup_nft()
         else:
-            before = _nft_tables_text(TABLES)
+            before = istio_tables_text()
             apply_nft(cleanup_text() + render_nft(capture, facts))
     except NftError as err:
         raise ApplyError(f"{err}; nft commits all or nothing, so nothing was changed") from None
@@ -45,15 +44,3 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             "the namespace was restored to its state before this run"
         raise ApplyError(f"{err}; {outcome}") from None
     log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
-
-
-def _nft_tables_text(tables: tuple[str, ...]) -> str:
-    """`nft list table` of each of our tables that exists now (valid `nft -f` input)."""
-    parts = []
-    for table in tables:
-        done = spawn_run(["nft", "list", "table", "inet", table], timeout=30)
-        if done.returncode == 0:
-            parts.append(done.stdout)
-    return "".join(parts)
-
-

@@ -65,6 +65,17 @@ def nft_ruleset(*, timeout: float = DEFAULT_TIMEOUT) -> str:
     return done.stdout
 
 
+def istio_tables_text(*, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """`nft list table` of each istio-proxy-* table that exists now: valid `nft -f`
+    input that puts them back (empty when none exists)."""
+    parts = []
+    for table in TABLES:
+        done = _nft(["list", "table", "inet", table], timeout=timeout)
+        if done.returncode == 0:
+            parts.append(done.stdout)
+    return "".join(parts)
+
+
 def _nft(args: list[str], *, stdin: str | None = None, timeout: float) -> spawn.Finished:
     """Run nft, turning a missing binary or a hang into an NftError."""
     argv = [NFT_BINARY, *args]

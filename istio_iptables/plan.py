@@ -6,7 +6,6 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 (TPROXY policy routing, the ::6 loopback address) so a dry run shows all of an apply.
 """
 
-from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
 from .config import CaptureConfig
@@ -68,17 +67,13 @@ class FamilyPlan(NamedTuple):
         # dict.fromkeys keeps first-seen order and drops repeats in one C-level pass,
         # which matters with 10,000 -x CIDRs.
         holders = dict.fromkeys((r.table, r.chain) for r in self.rules)
-        jumped = dict.fromkeys((r.table, r.params[-1]) for r in self.rules
-                               if len(r.params) >= 2 and r.params[-2] == "-j")
+        jumped = dict.fromkeys((r.table, t) for r in self.rules if (t := r.jump_target) is not None)
         ordered = dict.fromkeys([*holders, *jumped])
         return [pair for pair in ordered if pair[1] not in BUILTIN_CHAINS_AND_VERDICTS]
 
     def tables(self) -> list[str]:
         present = {r.table for r in self.rules}
         return [t for t in TABLE_ORDER if t in present]
-
-    def by_table(self, table: str) -> Iterator[Rule]:
-        return (r for r in self.rules if r.table == table)
 
 
 class RouteStep(NamedTuple):

@@ -73,7 +73,7 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
         for table in family_plan.tables():
             tables[table] = {
                 "chains": [c for t, c in family_plan.chains() if t == table],
-                "rules": [" ".join(r.verb_args) for r in family_plan.by_table(table)],
+                "rules": [_rule_line(r) for r in family_plan.rules if r.table == table],
             }
         result[f"ipv{family_plan.family}"] = tables
     result["routes"] = [
