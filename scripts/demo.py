@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.netlab import EXTERNAL_IPV4, POD_IPV4, NetLab, netns_available
+from istio_iptables.lab.netlab import EXTERNAL_IPV4, POD_IPV4, NetLab, netns_available
 
 STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
             "-d", "15090,15021,15020"]

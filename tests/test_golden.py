@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from istio_iptables.cli import main
+from istio_iptables.cli.main import main
 
 from .conftest import REFERENCE
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from istio_iptables import config as c
-from istio_iptables import state
-from istio_iptables.config import CaptureConfig, ConfigError
-from istio_iptables.hostfacts import HostFacts, ipv6_from_addresses, read_nameservers
-from istio_iptables.plan import build_plan
-from istio_iptables.render import restore_text
+from istio_iptables.model import config as c
+from istio_iptables.model import iptables_state as state
+from istio_iptables.model.config import CaptureConfig, ConfigError
+from istio_iptables.model.hostfacts import HostFacts, ipv6_from_addresses, read_nameservers
+from istio_iptables.model.iptables_plan import build_plan
+from istio_iptables.model.iptables_render import restore_text
 
 
 def test_cidrs_split_by_family_keep_order_and_host_bits() -> None:
@@ -125,18 +125,22 @@ def test_snapshot_keeps_only_touched_tables_and_blanks_new_ones() -> None:
 
 
 def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
-    code = ("import sys; from istio_iptables.cli import build_settings; from istio_iptables.plan import build_plan;"
-            "from istio_iptables.hostfacts import HostFacts; from istio_iptables.render import render_restore;"
-            "s = build_settings({'outbound_cidrs': '*', 'inbound_ports': '*'}, {});"
-            "render_restore(build_plan(s.capture, HostFacts(ipv6=True)));"
-            "import istio_iptables.apply, istio_iptables.iptables_apply, istio_iptables.system;"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)")
+    code = ("import sys\n"
+            "from istio_iptables.cli.flags import build_settings\n"
+            "from istio_iptables.model.iptables_plan import build_plan\n"
+            "from istio_iptables.model.hostfacts import HostFacts\n"
+            "from istio_iptables.model.iptables_render import render_restore\n"
+            "s = build_settings({'outbound_cidrs': '*', 'inbound_ports': '*'}, {})\n"
+            "render_restore(build_plan(s.capture, HostFacts(ipv6=True)))\n"
+            "import istio_iptables.cli.main, istio_iptables.apply.run, istio_iptables.apply.iptables\n"
+            "import istio_iptables.apply.system\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
-    from istio_iptables import spawn
+    from istio_iptables.kernel import spawn
 
     big = "x" * 300_000  # larger than a pipe buffer: no deadlock
     assert spawn.run(["cat"], big).stdout == big
@@ -147,14 +151,14 @@ def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monke
     def no_pidfd(pid: int) -> int:
         raise OSError(38, "Function not implemented")
 
-    monkeypatch.setattr("istio_iptables.spawn.os.pidfd_open", no_pidfd)
+    monkeypatch.setattr("istio_iptables.kernel.spawn.os.pidfd_open", no_pidfd)
     assert spawn.run(["sh", "-c", "exit 4"]).returncode == 4
     with pytest.raises(spawn.SpawnTimeout):
         spawn.run(["sleep", "5"], timeout=0.2)
 
 
 def test_restore_errors_name_the_binary_table_rule_and_kernel_words() -> None:
-    from istio_iptables.backends.restore import _explain
+    from istio_iptables.kernel.iptables_restore import _explain
 
     text = "*mangle\n-N ISTIO_TPROXY\n-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006\nCOMMIT\n"
     stderr = "iptables-restore v1.8.9 (nf_tables): line 3 failed: No chain/target/match by that name.\n"

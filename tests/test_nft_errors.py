@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from istio_iptables import nft_apply, spawn
-from istio_iptables.nft_apply import NftError, Refusal, apply_nft, cleanup_nft, parse_refusal
+from istio_iptables.kernel import nft as nft_apply
+from istio_iptables.kernel import spawn
+from istio_iptables.kernel.nft import NftError, Refusal, apply_nft, cleanup_nft, parse_refusal
 
 TEXT = "add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\nadd rule inet istio-proxy-nat x bogus\n"
 STDERR = (

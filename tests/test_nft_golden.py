@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from istio_iptables.cli import OPTIONS, build_settings
-from istio_iptables.config import CaptureConfig
-from istio_iptables.hostfacts import HostFacts
-from istio_iptables.nft import iface, render_nft
+from istio_iptables.cli.flags import OPTIONS, build_settings
+from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.nft_plan import iface, render_nft
 
 from .conftest import REFERENCE
 

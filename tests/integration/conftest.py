@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netlab import NetLab, netns_available, netns_required
+from istio_iptables.lab.netlab import NetLab, netns_available, netns_required
 
 STANDARD = ("-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
             "-d", "15090,15021,15020")

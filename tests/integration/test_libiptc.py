@@ -138,7 +138,7 @@ def _lines(block: str) -> list[str]:
 
 
 def as_rule(line: Line) -> tuple[str, str, list[str], int | None]:
-    """(table, chain, params, position) in the shape of istio_iptables.plan.Rule."""
+    """(table, chain, params, position) in the shape of istio_iptables.model.iptables_plan.Rule."""
     table, text = line
     argv = shlex.split(text)
     if argv[0] == "-A":
@@ -243,7 +243,7 @@ def legacy_restore(ns: str, family: int, text: str) -> None:
 _RUNNER = """
 import json, sys
 from dataclasses import dataclass
-from istio_iptables.backends import libiptc
+from istio_iptables.kernel import libiptc
 
 @dataclass(frozen=True)
 class Rule:
@@ -324,7 +324,7 @@ def assert_same_as_restore(netns: Callable[[], str], family: int, chains: Sequen
 
 def test_import_is_cheap_and_lazy() -> None:
     """Importing the backend must not import python-iptables (or run ldconfig)."""
-    code = "import sys, istio_iptables.backends.libiptc as m; print('iptc' in sys.modules)"
+    code = "import sys, istio_iptables.kernel.libiptc as m; print('iptc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert out.stdout.strip() == "False"
@@ -344,7 +344,7 @@ def test_loading_iptc_runs_no_ldconfig_or_gcc() -> None:
             spawned.append(args if isinstance(args, str) else [str(x) for x in args])
             return original(self, args, *a, **k)
         subprocess.Popen.__init__ = record
-        from istio_iptables.backends import libiptc
+        from istio_iptables.kernel import libiptc
         libiptc._load_iptc()
         print(json.dumps(spawned))
     """)

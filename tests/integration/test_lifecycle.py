@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import NetLab
+from istio_iptables.lab.netlab import NetLab
 
 from .conftest import STANDARD, applied, istio, saved
 
@@ -72,7 +72,7 @@ def test_positional_clean_and_istio_clean_iptables_remove_everything(lab: NetLab
     applied(lab, *STANDARD, "--ipv6", "off")
     done = __import__("subprocess").run(
         ["ip", "netns", "exec", lab.pod_ns, "python3", "-c",
-         "import sys; from istio_iptables.cli import clean_main; sys.exit(clean_main(['--ipv6', 'off']))"],
+         "import sys; from istio_iptables.cli.main import clean_main; sys.exit(clean_main(['--ipv6', 'off']))"],
         capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     assert saved(lab) == before
@@ -207,7 +207,7 @@ def test_json_logs_are_one_object_per_line_with_the_final_ruleset(lab: NetLab) -
 
 
 def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
-    probe = ("from istio_iptables.netlink import nft_has_tables as f; print(f(4), f(6))")
+    probe = ("from istio_iptables.kernel.netlink import nft_has_tables as f; print(f(4), f(6))")
     repo = str(Path(__file__).resolve().parents[2])
     assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["False", "False"]

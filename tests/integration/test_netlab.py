@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netlab import (
+from istio_iptables.lab.netlab import (
     EXTERNAL_IPV4,
     EXTERNAL_IPV6,
     NETNS_DIR,

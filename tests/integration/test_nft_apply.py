@@ -1,6 +1,6 @@
 """Istio's native nftables mode on a real kernel: apply, re-apply, cleanup, refusal.
 
-The ruleset is rendered here (pure) and applied by `istio_iptables.nft_apply` running
+The ruleset is rendered here (pure) and applied by `istio_iptables.kernel.nft` running
 inside the lab's pod namespace (`ip netns exec`), then real connections prove where
 traffic lands, as tests/integration/test_traffic.py does for the iptables mode.
 """
@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from istio_iptables.cli import build_settings
-from istio_iptables.config import CaptureConfig
-from istio_iptables.hostfacts import HostFacts
-from istio_iptables.nft import render_nft
-from tests.netlab import EXTERNAL_IPV4, PEER_IPV4, POD_IPV4, NetLab
+from istio_iptables.cli.flags import build_settings
+from istio_iptables.lab.netlab import EXTERNAL_IPV4, PEER_IPV4, POD_IPV4, NetLab
+from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.nft_plan import render_nft
 from tests.test_nft_golden import CASES, NFT_CASES, capture_config, given_from_args, host_facts
 
 from ..conftest import REPO
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.netns
 # Runs one nft_apply function in the pod namespace; reports the result or the NftError as JSON.
 _RUNNER = """
 import json, sys
-from istio_iptables import nft_apply
+from istio_iptables.kernel import nft as nft_apply
 request = json.loads(sys.stdin.read())
 function = getattr(nft_apply, request["function"])
 try:

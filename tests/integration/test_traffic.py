@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import EXTERNAL_IPV4, EXTERNAL_IPV6, PEER_IPV4, POD_IPV4, POD_IPV6, NetLab
+from istio_iptables.lab.netlab import EXTERNAL_IPV4, EXTERNAL_IPV6, PEER_IPV4, POD_IPV4, POD_IPV6, NetLab
 
 from .conftest import APP_UID, SEED, STANDARD, applied
 

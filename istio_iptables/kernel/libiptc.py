@@ -9,7 +9,7 @@ the kernel is left exactly as it was.  (The kernel can still refuse a table at
 commit time; tables committed before it are then reverted.)
 
 API: :func:`apply_rules`, :func:`delete_rules`, :func:`save`, :class:`LibiptcError`;
-rules are anything shaped like :class:`RuleLike` (``istio_iptables.plan.Rule``).
+rules are anything shaped like :class:`RuleLike` (``istio_iptables.model.iptables_plan.Rule``).
 
 Notes on python-iptables (1.x) and libxtables (1.8) that shape this module:
 
@@ -84,7 +84,7 @@ _MAX_DUPLICATE_DELETES = 64
 
 
 class RuleLike(Protocol):
-    """What this backend needs of a planned rule (istio_iptables.plan.Rule fits)."""
+    """What this backend needs of a planned rule (istio_iptables.model.iptables_plan.Rule fits)."""
 
     @property
     def table(self) -> str: ...

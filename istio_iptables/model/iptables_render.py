@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import FamilyPlan, Plan, Rule
+from istio_iptables.model.iptables_plan import FamilyPlan, Plan, Rule
 
 IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 

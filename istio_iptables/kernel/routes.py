@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from .plan import RouteStep
+from istio_iptables.model.iptables_plan import RouteStep
 
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _DEFAULT_DST = {4: "0.0.0.0", 6: "::"}

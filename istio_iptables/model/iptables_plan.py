@@ -8,8 +8,8 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 
 from typing import NamedTuple, Protocol
 
-from .config import CaptureConfig
-from .hostfacts import HostFacts
+from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.hostfacts import HostFacts
 
 ISTIO_OUTPUT = "ISTIO_OUTPUT"
 ISTIO_OUTPUT_DNS = "ISTIO_OUTPUT_DNS"

@@ -6,11 +6,11 @@ their rules and must take them back when a later step fails.
 
 from __future__ import annotations
 
-from . import logs as log
-from . import netlink
-from .config import CaptureConfig
-from .errors import ApplyError
-from .plan import IPV6_INBOUND_PASSTHROUGH, Plan, RouteStep
+from istio_iptables import logs as log
+from istio_iptables.apply.errors import ApplyError
+from istio_iptables.kernel import netlink
+from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.iptables_plan import IPV6_INBOUND_PASSTHROUGH, Plan, RouteStep
 
 PASSTHROUGH_ADDRESS = IPV6_INBOUND_PASSTHROUGH.split("/")[0]
 
@@ -22,7 +22,7 @@ def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
     if plan.addresses:
         added_address = netlink.add_ipv6_address(PASSTHROUGH_ADDRESS)
     if plan.routes:
-        from .routes import apply_routes
+        from istio_iptables.kernel.routes import apply_routes
 
         try:
             apply_routes(plan.routes, added_routes)
@@ -37,7 +37,7 @@ def undo_system_steps(routes: list[RouteStep], address: bool) -> list[str]:
     """Remove what add_system_steps added; returns the problems (empty: all undone)."""
     problems: list[str] = []
     if routes:
-        from .routes import remove_routes
+        from istio_iptables.kernel.routes import remove_routes
 
         try:
             remove_routes(routes)
@@ -55,7 +55,7 @@ def cleanup_system_steps(capture: CaptureConfig) -> None:
     """Remove the TPROXY routes for this mark/table (any mode) and the ::6 address."""
     steps = [RouteStep("rule", f, capture.tproxy_route_table, capture.tproxy_mark) for f in (4, 6)]
     steps += [RouteStep("route", f, capture.tproxy_route_table) for f in (4, 6)]
-    from .routes import remove_routes
+    from istio_iptables.kernel.routes import remove_routes
 
     for step in remove_routes(steps):
         log.info("removed: %s", step.describe())

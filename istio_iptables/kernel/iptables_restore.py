@@ -11,9 +11,9 @@ import os
 import re
 from typing import NamedTuple
 
-from .. import logs as log
-from .. import spawn
-from ..netlink import nft_has_tables
+from istio_iptables import logs as log
+from istio_iptables.kernel import spawn
+from istio_iptables.kernel.netlink import nft_has_tables
 
 _PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 _LINE_FAILED = re.compile(r"line (\d+) failed")

@@ -14,8 +14,8 @@ iptables, evaluates rules in order, and Istio's golden files pin that order down
 import re
 from typing import NamedTuple
 
-from .config import CaptureConfig
-from .hostfacts import HostFacts
+from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.hostfacts import HostFacts
 
 FAMILY = "inet"
 NAT = "istio-proxy-nat"

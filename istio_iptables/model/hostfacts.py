@@ -10,8 +10,8 @@ import _socket
 import pwd
 from typing import NamedTuple
 
-from . import logs as log
-from .netlink import interface_addresses
+from istio_iptables import logs as log
+from istio_iptables.kernel.netlink import interface_addresses
 
 DEFAULT_PROXY_UID = "1337"
 

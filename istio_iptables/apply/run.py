@@ -12,12 +12,12 @@ import grp
 import pwd
 import time
 
-from . import hostfacts
-from . import logs as log
-from .backends import restore as rb
-from .config import CaptureConfig, ConfigError, RunOptions
-from .errors import ApplyError
-from .plan import build_plan
+from istio_iptables import logs as log
+from istio_iptables.apply.errors import ApplyError
+from istio_iptables.kernel import iptables_restore as rb
+from istio_iptables.model import hostfacts
+from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions
+from istio_iptables.model.iptables_plan import build_plan
 
 EXIT_FAILED = 1
 EXIT_VALIDATION = 126
@@ -29,7 +29,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     if not run.skip_rule_apply or run.cleanup_only:
         _check_owners_resolve(capture)  # bad input: one line, before anything is logged or touched
     if run.network_namespace:
-        from .netns import NetnsError, enter
+        from istio_iptables.kernel.netns import NetnsError, enter
 
         try:
             log.info("entering network namespace %s", enter(run.network_namespace))
@@ -43,11 +43,11 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     if not run.skip_rule_apply or run.cleanup_only:
         try:
             if run.native_nftables:
-                from .native import execute_native
+                from istio_iptables.apply.nftables import execute_native
 
                 execute_native(capture, plan, run, facts)
             else:
-                from .iptables_apply import execute_iptables
+                from istio_iptables.apply.iptables import execute_iptables
 
                 execute_iptables(capture, plan, run)
         except (ApplyError, rb.IptablesError) as err:
@@ -58,7 +58,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
             return EXIT_FAILED
     log.info("done in %.0f ms", (time.monotonic() - started) * 1000)
     if run.run_validation and not run.cleanup_only:
-        from .validation import validate
+        from istio_iptables.apply.validation import validate
 
         if not validate(capture, run):
             log.error("iptables validation failed: traffic to 127.0.0.6:%d was not captured; "

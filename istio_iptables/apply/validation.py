@@ -16,8 +16,8 @@ import socket
 import struct
 import time
 
-from . import logs as log
-from .config import CaptureConfig, RunOptions
+from istio_iptables import logs as log
+from istio_iptables.model.config import CaptureConfig, RunOptions
 
 SO_ORIGINAL_DST = 80
 PROBE_SOURCE_TARGET = "127.0.0.6"

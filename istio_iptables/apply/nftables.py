@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from . import logs as log
-from .config import CaptureConfig, RunOptions
-from .errors import ApplyError
-from .hostfacts import HostFacts
-from .nft import TABLES, cleanup_text, render_nft
-from .nft_apply import NftError, apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
-from .plan import Plan, RouteStep
-from .system import add_system_steps, cleanup_system_steps, undo_system_steps
+from istio_iptables import logs as log
+from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
+from istio_iptables.kernel.nft import NftError, apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
+from istio_iptables.model.config import CaptureConfig, RunOptions
+from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.iptables_plan import Plan, RouteStep
+from istio_iptables.model.nft_plan import TABLES, cleanup_text, render_nft
 
 
 def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: HostFacts) -> None:

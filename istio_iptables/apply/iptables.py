@@ -9,13 +9,14 @@ routes.  Any failure restores the snapshot of every table already written.
 
 from __future__ import annotations
 
-from . import logs as log
-from . import render, state
-from .backends import restore as rb
-from .config import CaptureConfig, RunOptions
-from .errors import ApplyError
-from .plan import FamilyPlan, Plan, RouteStep, Rule
-from .system import add_system_steps, cleanup_system_steps, undo_system_steps
+from istio_iptables import logs as log
+from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
+from istio_iptables.kernel import iptables_restore as rb
+from istio_iptables.model import iptables_render as render
+from istio_iptables.model import iptables_state as state
+from istio_iptables.model.config import CaptureConfig, RunOptions
+from istio_iptables.model.iptables_plan import FamilyPlan, Plan, RouteStep, Rule
 
 
 class FamilyWork:
@@ -85,7 +86,7 @@ def _survey(plan: Plan, run: RunOptions, forced: str) -> list[FamilyWork]:
 
 def _refuse_libiptc_on_nft(works: list[FamilyWork]) -> None:
     """python-iptables writes legacy tables only; refuse where iptables-nft holds rules."""
-    from .netlink import nft_has_tables
+    from istio_iptables.kernel.netlink import nft_has_tables
 
     for work in works:
         if nft_has_tables(work.family) is False:
@@ -159,7 +160,7 @@ def _write_family(work: FamilyWork, run: RunOptions) -> None:
     if run.backend != "libiptc":
         rb.restore(work.binary, work.text, what=f"the IPv{work.family} {work.action}")
         return
-    from .backends import libiptc
+    from istio_iptables.kernel import libiptc
 
     if work.action in ("replace", "clean"):
         hooks = [Rule(t, c, tuple(spec.split())) for t, ts in work.current.tables.items()
@@ -198,7 +199,7 @@ def _drop_new_nft_tables(work: FamilyWork) -> None:
     created, so that the ruleset is as it was down to the table list."""
     if work.binary.flavour != "nft" or rb.which("nft") is None:
         return
-    from .spawn import run
+    from istio_iptables.kernel.spawn import run
 
     family = "ip" if work.family == 4 else "ip6"
     for table in work.tables:

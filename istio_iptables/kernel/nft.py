@@ -10,8 +10,8 @@ those; other nftables tables (kube-proxy's, a CNI's) are never named, so never t
 import re
 from typing import NamedTuple
 
-from . import spawn
-from .nft import TABLES, cleanup_text
+from istio_iptables.kernel import spawn
+from istio_iptables.model.nft_plan import TABLES, cleanup_text
 
 NFT_BINARY = "nft"
 DEFAULT_TIMEOUT = 60.0

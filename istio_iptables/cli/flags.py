@@ -1,23 +1,19 @@
-"""The `istio-iptables` command: Istio's flags and environment, in click.
+"""Istio's flags and environment, in one table, and the one parser every entry point
+uses (the init command, explain, pod, verify and the CNI plugin).
 
 Parsing happens in three steps so each failure is one clear line: click collects raw
-strings (flag beats environment), `build_settings` validates them into frozen
-config, and only then does anything look at the host.  The apply layer (and with it
-subprocess, python-iptables and pyroute2) is imported only when rules are applied.
+strings (flag beats environment), `build_settings` validates them into frozen config,
+and only then does anything look at the host.  `parse_args` runs all three for a list
+of arguments, as the CNI plugin's `"capture"` list and `explain` need.
 """
 
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import click
 
-from . import config as c
-from .config import CaptureConfig, ConfigError, RunOptions
-
-PROG = "istio-iptables"
-EXIT_USAGE = 2
+from istio_iptables.model import config as c
+from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions
 
 
 class Option(NamedTuple):
@@ -233,7 +229,7 @@ def build_run_options(raw: _Raw, cleanup: bool) -> RunOptions:
 
 def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup: bool = False) -> Settings:
     """Validate raw flag values (None = not given) and the environment into Settings."""
-    from .hostfacts import default_proxy_uid
+    from istio_iptables.model.hostfacts import default_proxy_uid
 
     raw = _Raw(given, env)
     envoy_user = env.get("ENVOY_USER")
@@ -242,7 +238,7 @@ def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup:
     return Settings(capture=build_capture(raw, default_uid), run=run, envoy_user=envoy_user)
 
 
-def _add_options(func: Any) -> Any:
+def add_options(func: Any) -> Any:
     for opt in reversed(OPTIONS):
         decls = [opt.long] + ([opt.short] if opt.short else [])
         env_note = " [env: " + ", ".join(opt.envs) + "]"
@@ -295,120 +291,21 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _run(settings: Settings) -> int:
-    from .logs import setup_logging
+def parse_args(argv: Sequence[str], env: Mapping[str, str], *, cleanup: bool = False) -> Settings:
+    """Istio's flags as a list (as the CNI plugin's `"capture"` key and `explain` take
+    them) into Settings, through the same table and validation as the command line.
+    Raises ConfigError naming the flag and value."""
+    given: dict[str, Any] = {}
 
-    setup_logging(settings.run.log_format)
-    if settings.run.dry_run:
-        return _dry_run(settings)
-    from .apply import run_apply
-
-    return run_apply(settings.capture, settings.run)
-
-
-def _dry_run(settings: Settings) -> int:
-    from . import hostfacts
-    from .plan import build_plan
-    from .render import RENDERERS
-
-    run = settings.run
-    facts = hostfacts.gather(run.ipv6, settings.capture.dual_stack,
-                             settings.capture.redirect_dns and not settings.capture.capture_all_dns,
-                             run.resolv_conf)
-    if run.output == "nft" or (run.native_nftables and run.output == "restore"):
-        from .nft import render_nft
-
-        sys.stdout.write(render_nft(settings.capture, facts))
-        return 0
-    plan = build_plan(settings.capture, facts)
-    sys.stdout.write(RENDERERS[run.output](plan))
-    return 0
-
-
-def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(ctx.get_help(), color=ctx.color)
-        ctx.exit()
-
-
-def make_command(name: str, cleanup: bool) -> click.Command:
-    # Our own -h/--help: click's built-in one asks gettext for its help text at every
-    # start, which searches the locale directories (~2 ms of CPU per pod).
-    @click.command(name=name, add_help_option=False, context_settings={"max_content_width": 110})
-    @click.argument("action", required=False, metavar="[clean]")
-    @_add_options
-    @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
-                  help="Show this message and exit.")
-    def command(action: str | None, **given: Any) -> None:
-        """Write Istio's sidecar traffic-capture rules (istio-init) into this network
-        namespace: inbound TCP to the capture port, outbound TCP to the proxy port,
-        except the proxy's own uid/gid and the excluded ports and CIDRs.
-
-        The positional `clean` (Istio 1.3) removes everything, like --cleanup-only.
-        Flags beat environment variables. Bad input exits 2 and touches nothing.
-        Istio's injector arguments work as they are: the leading `istio-iptables`
-        word is ignored, `--log_as_json` selects JSON logs, and the agent's other
-        `--log_*` flags are accepted and ignored."""
-        if action not in (None, "clean"):
-            raise ConfigError("the positional argument", action, "only 'clean' is accepted")
-        settings = build_settings(given, os.environ, cleanup=cleanup or action == "clean")
-        raise SystemExit(_run(settings))
-
-    return command
-
-
-def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
-    from .hostfacts import HostFactsError
+    @click.command(add_help_option=False)
+    @add_options
+    def collect(**values: Any) -> None:
+        given.update(values)
 
     try:
-        args = normalize_argv(sys.argv[1:] if argv is None else argv)
-        make_command(name, cleanup).main(args=args, prog_name=name, standalone_mode=False)
-    except SystemExit as done:
-        return int(done.code or 0)
-    except (ConfigError, HostFactsError) as err:
-        _usage_error(name, str(err))
-        return EXIT_USAGE
+        collect.main(args=normalize_argv(argv), standalone_mode=False)
     except click.exceptions.NoSuchOption as err:
-        _usage_error(name, f"unknown flag {err.option_name!r}")
-        return EXIT_USAGE
+        raise ConfigError("the flags", err.option_name, "unknown flag") from None
     except click.UsageError as err:
-        _usage_error(name, err.format_message())
-        return EXIT_USAGE
-    except click.exceptions.Abort:
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-def _usage_error(name: str, message: str) -> None:
-    sys.stderr.write(f"{name}: error: {' '.join(message.split())}\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `istio-iptables`."""
-    return _main(PROG, False, argv)
-
-
-def clean_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `istio-clean-iptables`: the same flags, cleanup only."""
-    return _main("istio-clean-iptables", True, argv)
-
-
-def _exit_now(status: int) -> None:
-    """Flush and leave without the interpreter's teardown (freeing every module and
-    object costs a few ms of CPU that an init container gains nothing from)."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        status = status or 1
-    os._exit(status)
-
-
-def entry() -> None:
-    _exit_now(main())
-
-
-def clean_entry() -> None:
-    _exit_now(clean_main())
+        raise ConfigError("the flags", " ".join(argv), " ".join(err.format_message().split())) from None
+    return build_settings(given, env, cleanup=cleanup)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule
+from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule
 
 ISTIO_PREFIX = "ISTIO_"
 

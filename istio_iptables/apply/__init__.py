@@ -1,0 +1,7 @@
+"""The apply layer: one real run, per mode.
+
+run (entry: namespace, host facts, plan, owners, mode, validation) → iptables (detect,
+decide, write, roll back) or nftables (Istio's native nft mode), both finishing with
+system (the ::6 address and TPROXY routes).  This is the only layer that decides what
+to write; it talks to the kernel only through istio_iptables.kernel.
+"""

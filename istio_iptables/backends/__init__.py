@@ -1,1 +1,0 @@
-"""Backends that write a plan into the kernel."""
