@@ -18,6 +18,12 @@ from istio_iptables.model.config import ConfigError
 
 PROG = "istio-iptables"
 EXIT_USAGE = 2
+# `istio-iptables WORD ...`: debugging tools that take the same capture flags.
+SUBCOMMANDS = {
+    "explain": "istio_iptables.cli.explain",
+    "pod": "istio_iptables.cli.pod",
+    "verify": "istio_iptables.cli.verify",
+}
 
 
 def _run(settings: Settings) -> int:
@@ -85,8 +91,15 @@ def make_command(name: str, cleanup: bool) -> click.Command:
 def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
     from istio_iptables.model.hostfacts import HostFactsError
 
+    given = list(sys.argv[1:] if argv is None else argv)
+    if not cleanup and given and given[0] in SUBCOMMANDS:
+        # Tools over the same core, each its own module: none of them is imported on
+        # the init path.  Each module's main(argv) -> exit status.
+        import importlib
+
+        return int(importlib.import_module(SUBCOMMANDS[given[0]]).main(given[1:]))
     try:
-        args = normalize_argv(sys.argv[1:] if argv is None else argv)
+        args = normalize_argv(given)
         make_command(name, cleanup).main(args=args, prog_name=name, standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
