@@ -257,6 +257,7 @@ ISTIO_LOG_FLAGS_WITH_VALUE = frozenset({"--log_output_level", "--log_caller", "-
                                         "--log_rotate_max_size", "--log_rotate_max_backups"})
 # The injector's first argument: the subcommand of Istio's agent binary.
 AGENT_SUBCOMMAND = "istio-iptables"
+_TAKES_VALUE = frozenset(name for o in OPTIONS if not o.is_flag for name in (o.long, o.short) if name)
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -269,13 +270,26 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     long_of = {o.short: o.long for o in OPTIONS if o.short}
     out: list[str] = []
     skip_value = False
-    for index, arg in enumerate(argv):
+    # The agent word may also follow our own flags, as when `istio-iptables pod` output
+    # is pasted after `istio-iptables --dry-run`: the first positional argument only.
+    word_allowed = True
+    value_next = False
+    for arg in argv:
         if skip_value:
             skip_value = False
             continue
-        name, eq, value = arg.partition("=")
-        if index == 0 and arg == AGENT_SUBCOMMAND:
+        if value_next:  # an option's value, never the agent word
+            value_next = False
+            out.append(arg)
             continue
+        name, eq, value = arg.partition("=")
+        if not arg.startswith("-") or arg == "-":
+            if word_allowed and arg == AGENT_SUBCOMMAND:
+                word_allowed = False
+                continue
+            word_allowed = False
+        elif not eq and arg in _TAKES_VALUE:
+            value_next = True
         if name in ISTIO_LOG_FLAGS_WITH_VALUE:
             skip_value = not eq
             continue
