@@ -100,6 +100,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("backend", "--backend", None, ("ISTIO_IPTABLES_BACKEND",), "restore",
            "restore (iptables-restore, legacy or nft as detected) or libiptc (python-iptables, legacy only)."),
     Option("log_format", "--log-format", None, ("ISTIO_IPTABLES_LOG_FORMAT",), "text", "text or json."),
+    Option("from_pod", "--from-pod", None, (), "",
+           "Capture as Istio's injector would for this manifest's one pod template (FILE, or - for stdin): "
+           "its istio-init flags and env first, explicit flags and env win. See `istio-iptables pod`."),
 )
 # Env-only settings Istio reads.
 ENV_ONLY = {
@@ -241,7 +244,7 @@ def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup:
 def add_options(func: Any) -> Any:
     for opt in reversed(OPTIONS):
         decls = [opt.long] + ([opt.short] if opt.short else [])
-        env_note = " [env: " + ", ".join(opt.envs) + "]"
+        env_note = " [env: " + ", ".join(opt.envs) + "]" if opt.envs else ""
         if opt.is_flag:
             func = click.option(*decls, opt.dest, is_flag=True, default=None, help=opt.help + env_note)(func)
         else:
@@ -305,10 +308,19 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def wants_from_pod(argv: Sequence[str]) -> bool:
+    """`--from-pod FILE` given: the caller expands it (inject.frompod) before parsing."""
+    return any(arg == "--from-pod" or arg.startswith("--from-pod=") for arg in argv)
+
+
 def parse_args(argv: Sequence[str], env: Mapping[str, str], *, cleanup: bool = False) -> Settings:
     """Istio's flags as a list (as the CNI plugin's `"capture"` key and `explain` take
     them) into Settings, through the same table and validation as the command line.
     Raises ConfigError naming the flag and value."""
+    if wants_from_pod(argv):
+        from istio_iptables.inject.frompod import expand_from_pod
+
+        argv, env = expand_from_pod(argv, env)
     given: dict[str, Any] = {}
 
     @click.command(add_help_option=False)

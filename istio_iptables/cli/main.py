@@ -8,12 +8,12 @@ refused (namespace as before), 2 bad input (one line on stderr, nothing touched)
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
-from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv
+from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv, wants_from_pod
 from istio_iptables.model.config import ConfigError
 
 PROG = "istio-iptables"
@@ -62,7 +62,7 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
         ctx.exit()
 
 
-def make_command(name: str, cleanup: bool) -> click.Command:
+def make_command(name: str, cleanup: bool, env: Mapping[str, str] | None = None) -> click.Command:
     # Our own -h/--help: click's built-in one asks gettext for its help text at every
     # start, which searches the locale directories (~2 ms of CPU per pod).
     @click.command(name=name, add_help_option=False, context_settings={"max_content_width": 110})
@@ -82,7 +82,7 @@ def make_command(name: str, cleanup: bool) -> click.Command:
         `--log_*` flags are accepted and ignored."""
         if action not in (None, "clean"):
             raise ConfigError("the positional argument", action, "only 'clean' is accepted")
-        settings = build_settings(given, os.environ, cleanup=cleanup or action == "clean")
+        settings = build_settings(given, os.environ if env is None else env, cleanup=cleanup or action == "clean")
         raise SystemExit(_run(settings))
 
     return command
@@ -98,9 +98,14 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
         import importlib
 
         return int(importlib.import_module(SUBCOMMANDS[given[0]]).main(given[1:]))
+    env: Mapping[str, str] | None = None
     try:
+        if wants_from_pod(given):
+            from istio_iptables.inject.frompod import expand_from_pod
+
+            given, env = expand_from_pod(given, os.environ)
         args = normalize_argv(given)
-        make_command(name, cleanup).main(args=args, prog_name=name, standalone_mode=False)
+        make_command(name, cleanup, env).main(args=args, prog_name=name, standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
     except (ConfigError, HostFactsError) as err:

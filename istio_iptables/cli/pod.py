@@ -60,15 +60,13 @@ def command(manifest: str, values_path: str | None, mesh_path: str | None, outpu
 
 def main(argv: Sequence[str]) -> int:
     """`istio-iptables pod ...` → exit status."""
-    from istio_iptables.inject.manifest import ManifestError
-    from istio_iptables.inject.values import ValuesError
     from istio_iptables.model.config import ConfigError
 
     try:
         command.main(args=list(argv), prog_name=PROG, standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
-    except (ConfigError, ManifestError, ValuesError) as err:
+    except ConfigError as err:  # ManifestError is one too
         _error(str(err))
         return EXIT_USAGE
     except click.UsageError as err:

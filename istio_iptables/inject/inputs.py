@@ -33,9 +33,11 @@ from istio_iptables.model.config import ConfigError
 def injector_inputs(values_path: str | None, mesh_path: str | None) -> tuple[InjectorValues, MeshDefaults]:
     """The values and mesh config from their files, with Istio's defaults."""
     values_doc: Mapping[str, Any] | None = None
+    mesh_source = "the mesh config"
     mesh_doc: Mapping[str, Any] | None = None
     if values_path is not None:
         values_doc, mesh_doc = unwrap_values(load_mapping_file(values_path))
+        mesh_source = values_path
     if mesh_path is not None:
         doc = load_mapping_file(mesh_path)
         if doc.get("kind") == "ConfigMap":  # the `istio` ConfigMap: data.mesh holds YAML text
@@ -46,9 +48,17 @@ def injector_inputs(values_path: str | None, mesh_path: str | None) -> tuple[Inj
         if not isinstance(doc, Mapping):
             raise ManifestError(mesh_path, "data.mesh is not a mapping")
         mesh_doc = unwrap_mesh(doc)
+        mesh_source = mesh_path
     if mesh_doc is not None and not isinstance(mesh_doc, Mapping):
         raise ManifestError(values_path or "the values", "meshConfig is not a mapping")
-    return injector_values(values_doc), mesh_defaults(mesh_doc)
+    try:
+        values = injector_values(values_doc)
+    except ConfigError as err:
+        raise ManifestError(values_path or "the values", str(err)) from None
+    try:
+        return values, mesh_defaults(mesh_doc)
+    except ConfigError as err:
+        raise ManifestError(mesh_source, str(err)) from None
 
 
 def injections(path: str, values_path: str | None = None,

@@ -15,17 +15,19 @@ from typing import Any, NamedTuple
 import yaml
 
 from istio_iptables.inject.values import dig
+from istio_iptables.model.config import ConfigError
 
 # libyaml's loader is several times faster; PyYAML built without libyaml lacks it.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class ManifestError(ValueError):
-    """A file that cannot be read or is not the YAML we need; names the file."""
+class ManifestError(ConfigError):
+    """A file that cannot be read or is not the YAML we need; names the file.  A
+    ConfigError, so every entry point reports it as bad input (one line, exit 2)."""
 
-    def __init__(self, source: str, reason: str) -> None:
-        self.flag = source
-        super().__init__(f"{source}: {reason}")
+    def __init__(self, source: str, reason: str) -> None:  # noqa: super-init-not-called
+        self.flag, self.value, self.reason = source, "", reason
+        ValueError.__init__(self, f"{source}: {reason}")
 
 
 class PodTemplate(NamedTuple):

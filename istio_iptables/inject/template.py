@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from istio_iptables.inject import annotations as a
 from istio_iptables.inject.manifest import PodTemplate, load_yaml
-from istio_iptables.inject.values import InjectorValues, MeshDefaults, ValuesError, interception_mode, proxy_metadata
+from istio_iptables.inject.values import InjectorValues, MeshDefaults, interception_mode, proxy_metadata
 from istio_iptables.model.config import ConfigError
 
 INIT_CONTAINER = "istio-init"
@@ -128,12 +128,13 @@ def effective_proxy_config(annotations: Mapping[str, str], mesh: MeshDefaults) -
     try:
         doc = load_yaml(raw, a.PROXY_CONFIG) or {}
         if not isinstance(doc, Mapping):
-            raise ValuesError(a.PROXY_CONFIG, raw, "expected a ProxyConfig mapping")
+            raise ConfigError(a.PROXY_CONFIG, raw, "expected a ProxyConfig mapping")
         if "interceptionMode" in doc:
             mode = interception_mode("interceptionMode", doc["interceptionMode"])
         metadata.update(proxy_metadata("proxyMetadata", doc.get("proxyMetadata")))
-    except ValueError as err:
-        raise ConfigError(a.PROXY_CONFIG, raw, str(err)) from None
+    except ConfigError as err:
+        reason = err.reason if err.flag == a.PROXY_CONFIG else f"{err.flag}: {err.reason}"
+        raise ConfigError(a.PROXY_CONFIG, raw, reason) from None
     return mode, metadata
 
 

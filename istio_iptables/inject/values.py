@@ -15,14 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from istio_iptables.inject.annotations import NONE, REDIRECT, TPROXY
-
-
-class ValuesError(ValueError):
-    """A values or mesh-config document the injector could not use; names the field."""
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
-        self.flag = field
-        super().__init__(f"invalid value {value!r} for {field}: {reason}")
+from istio_iptables.model.config import ConfigError
 
 
 class InjectorValues(NamedTuple):
@@ -55,6 +48,10 @@ class MeshDefaults(NamedTuple):
 
 # protojson accepts an enum by name or by number (meshconfig.ProxyConfig_InboundInterceptionMode).
 _MODE_NUMBERS = {0: REDIRECT, 1: TPROXY, 2: NONE}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
 
 
 def go_str(value: object) -> str:
@@ -93,11 +90,11 @@ def unwrap_values(doc: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[st
 
         raw = dig(doc, "data", "values")
         if not isinstance(raw, str):
-            raise ValuesError("ConfigMap data.values", raw, "expected the injector's values as a JSON string")
+            raise ConfigError("ConfigMap data.values", _text(raw), "expected the injector's values as a JSON string")
         try:
             loaded = json.loads(raw)
         except ValueError as err:
-            raise ValuesError("ConfigMap data.values", raw[:40], f"not JSON: {err}") from None
+            raise ConfigError("ConfigMap data.values", _text(raw[:40]), f"not JSON: {err}") from None
         return (loaded if isinstance(loaded, Mapping) else {}), None
     if doc.get("kind") == "IstioOperator":
         spec = doc.get("spec") or {}
@@ -149,7 +146,7 @@ def interception_mode(field: str, value: object) -> str:
         return _MODE_NUMBERS[value]
     if value in (REDIRECT, TPROXY, NONE):
         return str(value)
-    raise ValuesError(field, value, "expected REDIRECT, TPROXY or NONE")
+    raise ConfigError(field, _text(value), "expected REDIRECT, TPROXY or NONE")
 
 
 def proxy_metadata(field: str, value: object) -> dict[str, str]:
@@ -157,10 +154,10 @@ def proxy_metadata(field: str, value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValuesError(field, value, "expected a map of environment variables")
+        raise ConfigError(field, _text(value), "expected a map of environment variables")
     for key, item in value.items():
         if not isinstance(item, str):
-            raise ValuesError(f"{field}.{key}", item, "values must be strings (quote them in YAML)")
+            raise ConfigError(f"{field}.{key}", _text(item), "values must be strings (quote them in YAML)")
     return {str(k): v for k, v in value.items()}
 
 
@@ -170,7 +167,7 @@ def mesh_defaults(doc: Mapping[str, Any] | None) -> MeshDefaults:
         return MeshDefaults()
     default_config = doc.get("defaultConfig") or {}
     if not isinstance(default_config, Mapping):
-        raise ValuesError("defaultConfig", default_config, "expected a map")
+        raise ConfigError("defaultConfig", _text(default_config), "expected a map")
     mode = default_config.get("interceptionMode")
 
     def port(key: str, default: str) -> str:
