@@ -34,6 +34,7 @@ STATUS_PORT = "status.sidecar.istio.io/port"
 AGENT_LOG_LEVEL = "sidecar.istio.io/agentLogLevel"
 PROXY_CONFIG = "proxy.istio.io/config"
 SIDECAR_STATUS = "sidecar.istio.io/status"
+INJECT_TEMPLATES = "inject.istio.io/templates"
 
 # Interception modes as the injector spells them (validateInterceptionMode is
 # case-sensitive); NONE means no init container and no capture at all.
@@ -76,6 +77,8 @@ ANNOTATIONS: dict[str, Annotation] = {a.name: a for a in (
     Annotation(EXCLUDE_INTERFACES, "-c", "Interfaces whose traffic is never captured."),
     Annotation(STATUS_PORT, None,
                "The agent's status port (default 15020); the injector adds it to -d. 0 means none."),
+    Annotation(INJECT_TEMPLATES, None,
+               "The injection templates to apply (default: sidecar); only the sidecar template adds istio-init."),
     Annotation(AGENT_LOG_LEVEL, None, "The agent's log level, passed as --log_output_level (ignored by us)."),
     Annotation(PROXY_CONFIG, None,
                "ProxyConfig overrides (YAML): interceptionMode, and proxyMetadata merged over the mesh's, "

@@ -31,34 +31,43 @@ from istio_iptables.model.config import ConfigError
 
 
 def injector_inputs(values_path: str | None, mesh_path: str | None) -> tuple[InjectorValues, MeshDefaults]:
-    """The values and mesh config from their files, with Istio's defaults."""
+    """The values and mesh config from their files, with Istio's defaults.  A field the
+    injector could not use raises ManifestError naming the file and the field."""
     values_doc: Mapping[str, Any] | None = None
-    mesh_source = "the mesh config"
     mesh_doc: Mapping[str, Any] | None = None
+    mesh_source = "the mesh config"
     if values_path is not None:
-        values_doc, mesh_doc = unwrap_values(load_mapping_file(values_path))
+        try:
+            values_doc, mesh_doc = unwrap_values(load_mapping_file(values_path))
+            values = injector_values(values_doc)
+        except ManifestError:
+            raise
+        except ConfigError as err:
+            raise ManifestError(values_path, str(err)) from None
         mesh_source = values_path
+    else:
+        values = injector_values(None)
     if mesh_path is not None:
-        doc = load_mapping_file(mesh_path)
-        if doc.get("kind") == "ConfigMap":  # the `istio` ConfigMap: data.mesh holds YAML text
-            text = (doc.get("data") or {}).get("mesh")
-            if not isinstance(text, str):
-                raise ManifestError(mesh_path, "a ConfigMap without data.mesh")
-            doc = load_yaml(text, f"{mesh_path} data.mesh") or {}
-        if not isinstance(doc, Mapping):
-            raise ManifestError(mesh_path, "data.mesh is not a mapping")
-        mesh_doc = unwrap_mesh(doc)
+        mesh_doc = _mesh_document(mesh_path)
         mesh_source = mesh_path
     if mesh_doc is not None and not isinstance(mesh_doc, Mapping):
-        raise ManifestError(values_path or "the values", "meshConfig is not a mapping")
-    try:
-        values = injector_values(values_doc)
-    except ConfigError as err:
-        raise ManifestError(values_path or "the values", str(err)) from None
+        raise ManifestError(mesh_source, "meshConfig is not a mapping")
     try:
         return values, mesh_defaults(mesh_doc)
     except ConfigError as err:
         raise ManifestError(mesh_source, str(err)) from None
+
+
+def _mesh_document(path: str) -> Mapping[str, Any]:
+    doc = load_mapping_file(path)
+    if doc.get("kind") == "ConfigMap":  # the `istio` ConfigMap: data.mesh holds YAML text
+        text = (doc.get("data") or {}).get("mesh")
+        if not isinstance(text, str):
+            raise ManifestError(path, "a ConfigMap without data.mesh")
+        doc = load_yaml(text, f"{path} data.mesh") or {}
+        if not isinstance(doc, Mapping):
+            raise ManifestError(path, "data.mesh is not a mapping")
+    return unwrap_mesh(doc)
 
 
 def injections(path: str, values_path: str | None = None,

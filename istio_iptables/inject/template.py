@@ -27,6 +27,7 @@ from istio_iptables.model.config import ConfigError
 INIT_CONTAINER = "istio-init"
 VALIDATION_CONTAINER = "istio-validation"
 PROXY_CONTAINER = "istio-proxy"
+SIDECAR_TEMPLATE = "sidecar"
 AGENT_SUBCOMMAND = "istio-iptables"
 # The template's -u when not TPROXY: .ProxyUID, 1337 unless an OpenShift namespace
 # annotation says otherwise (GetProxyIDs), which a manifest alone cannot show.
@@ -63,6 +64,11 @@ def render(pod: PodTemplate, values: InjectorValues, mesh: MeshDefaults) -> Inje
     if disabled and annotations.get(a.INTERCEPTION_MODE) != a.NONE:
         return Injection(None, disabled)  # inject "false": nothing further is read
     by_flag = _pairs(a.annotation_flags(annotations))  # validates every annotation first, as RunTemplate does
+    templates = annotations.get(a.INJECT_TEMPLATES)
+    if templates is not None and SIDECAR_TEMPLATE not in (t.strip() for t in templates.split(",")):
+        # inject.go selectTemplates; the gateway, grpc-* and custom templates add no istio-init.
+        # (A custom template named in the injector's config could; we know only Istio's own.)
+        return Injection(None, f"{a.INJECT_TEMPLATES} is {templates!r}: only the sidecar template adds istio-init")
     mode, metadata = effective_proxy_config(annotations, mesh)
     mode = annotations.get(a.INTERCEPTION_MODE, mode)
     if mode == a.NONE:
