@@ -492,3 +492,11 @@ def test_neither_yaml_nor_inject_on_the_init_path() -> None:
             "sys.stderr.write(repr(bad))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.strip() == "[]"
+
+
+def test_values_istio_init_would_refuse_are_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(deployment()))
+    values = write_json(tmp_path, "v.json", {"global": {"proxy": {"excludeIPRanges": "*"}}})
+    status, _, err = run_pod(capsys, str(tmp_path / "m.yaml"), "--values", values)
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "Deployment/web" in err and "istio-init would refuse" in err and "-x/--istio-service-exclude-cidr" in err

@@ -75,10 +75,22 @@ def injections(path: str, values_path: str | None = None,
     """Each pod template of the manifest with what the injector adds to it."""
     values, mesh = injector_inputs(values_path, mesh_path)
     templates = pod_templates(load_documents(read_text(path), path), path)
+    from istio_iptables.cli.flags import parse_args
+
     found = []
     for template in templates:
         try:
-            found.append((template, render(template, values, mesh)))
+            injection = render(template, values, mesh)
         except ConfigError as err:  # an annotation the injector refuses: say which template
             raise ManifestError(f"{path}: {template.where}", str(err)) from None
+        if injection.container is not None and not injection.own_args:
+            # Values and mesh config are not validated by the injector; the init container
+            # would fail on them.  Say so now, through the one parser.  (A pod's own
+            # istio-init args are shown as the injector copies them, whatever they are.)
+            try:
+                parse_args(injection.container.args, dict(injection.container.env))
+            except ConfigError as err:
+                raise ManifestError(f"{path}: {template.where}",
+                                    f"istio-init would refuse the args the injector writes: {err}") from None
+        found.append((template, injection))
     return found

@@ -51,6 +51,7 @@ class Injection(NamedTuple):
 
     container: InitContainer | None
     reason: str = ""
+    own_args: bool = False  # the pod's own istio-init args replaced the template's
 
 
 def render(pod: PodTemplate, values: InjectorValues, mesh: MeshDefaults) -> Injection:
@@ -104,7 +105,7 @@ def render(pod: PodTemplate, values: InjectorValues, mesh: MeshDefaults) -> Inje
     if values.native_nftables:
         args.append("--native-nftables")
     env = tuple(sorted(metadata.items()))  # Go's template ranges over a map in key order
-    return Injection(_apply_pod_overrides(pod, InitContainer(name, tuple(args), env)))
+    return _apply_pod_overrides(pod, InitContainer(name, tuple(args), env))
 
 
 def _pairs(flags: list[str]) -> dict[str, str]:
@@ -166,14 +167,15 @@ def _injected_before(pod: PodTemplate) -> set[str]:
     return {str(n) for n in names} if isinstance(names, list) else set()
 
 
-def _apply_pod_overrides(pod: PodTemplate, container: InitContainer) -> InitContainer:
+def _apply_pod_overrides(pod: PodTemplate, container: InitContainer) -> Injection:
     """webhook.go: the pod's own container of the same name overlays the template's
     (args replaced when given, env merged by name), then -u follows the istio-proxy
     container's runAsUser."""
     args, env = list(container.args), dict(container.env)
     own = None if container.name in _injected_before(pod) else _find(pod.spec, container.name)
+    own_args = bool(own and own.get("args"))
     if own is not None:
-        if own.get("args"):
+        if own_args:
             args = [str(arg) for arg in own["args"]]
         for item in own.get("env") or []:
             if isinstance(item, Mapping) and "name" in item:
@@ -182,4 +184,4 @@ def _apply_pod_overrides(pod: PodTemplate, container: InitContainer) -> InitCont
     user = (proxy.get("securityContext") or {}).get("runAsUser") if proxy else None
     if isinstance(user, int) and not isinstance(user, bool) and user != 0 and "-u" in args[:-1]:
         args[args.index("-u") + 1] = str(user)
-    return InitContainer(container.name, tuple(args), tuple(env.items()))
+    return Injection(InitContainer(container.name, tuple(args), tuple(env.items())), own_args=own_args)
