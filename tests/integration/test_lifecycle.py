@@ -218,9 +218,9 @@ def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
 
 def _istio_1_3_commands(case: str) -> list[list[str]]:
     """The IPv4 iptables commands Istio 1.3's istio-iptables.sh ran for a golden case."""
-    from tests.conftest import REFERENCE
+    from tests.conftest import TESTDATA
 
-    text = (REFERENCE / "istio-1.3-golden" / f"{case}_golden.txt").read_text()
+    text = (TESTDATA / "istio-1.3-golden" / f"{case}_golden.txt").read_text()
     body = text.split("ENABLE_INBOUND_IPV6=", 1)[1]
     return [line.split()[1:] for line in body.splitlines() if line.startswith("iptables -t ")]
 
@@ -231,9 +231,9 @@ def test_rules_left_by_istio_1_3_are_reconciled_and_cleaned(lab: NetLab) -> None
     them with exactly what a fresh apply writes, cleanup removes everything."""
     import json
 
-    from tests.conftest import REFERENCE
+    from tests.conftest import TESTDATA
 
-    case = json.loads((REFERENCE / "istio-1.3-golden" / "cases.json").read_text())["cases"]["mode_redirect"]
+    case = json.loads((TESTDATA / "istio-1.3-golden" / "cases.json").read_text())["cases"]["mode_redirect"]
     args = (*case["args"], "--ipv6", "off")
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
     before = saved(lab)
