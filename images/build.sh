@@ -17,6 +17,8 @@
 #   MIRROR         Debian mirror for mmdebstrap (default: the host's apt source for bookworm,
 #                  from /etc/apt/sources.list and /etc/apt/sources.list.d/*.{list,sources})
 #   REBUILD_BASE=1 remake the local bases even if they exist
+#   PIP_PYTHON     a Python with pip, for `pip download` (default python3; make passes .venv's,
+#                  since Debian's python3 has no pip without python3-pip)
 #   MAX_IMAGE_MB   fail if the final image is larger (default 120)
 set -euo pipefail
 # shellcheck source=images/lib.sh
@@ -153,7 +155,7 @@ if [[ "${NO_WHEELHOUSE:-0}" != 1 ]]; then
     # Dependencies as published on PyPI (python-iptables is an sdist: it is compiled in
     # the builder stage), plus the build backend for the project and that sdist.
     log "pip download: dependencies into the build context"
-    python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir \
+    "${PIP_PYTHON:-python3}" -m pip download --quiet --disable-pip-version-check --no-cache-dir \
         --dest "$CTX/wheelhouse" "$CTX/src" 'setuptools>=64' wheel >"$WORK/pip-download.log" 2>&1 ||
         { cat "$WORK/pip-download.log" >&2
           die "pip download failed (PyPI unreachable?); NO_WHEELHOUSE=1 lets the build fetch from PyPI itself"; }
