@@ -54,6 +54,12 @@ venv_current() {
     [[ -x "$VENV_DIR/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$(venv_stamp)" ]]
 }
 
+# have CMD: an executable CMD on PATH (bash's `command -v` also names non-executable files).
+have() {
+    local path
+    path="$(command -v "$1")" && [[ -x "$path" ]]
+}
+
 missing=()
 # need PACKAGE CHECK...: PACKAGE counts as missing unless the CHECK command succeeds.
 need() {
@@ -63,22 +69,22 @@ need() {
     [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
 }
 
-need python3 command -v "$PYTHON3"
+need python3 have "$PYTHON3"
 if ((RUNTIME)); then
-    need iptables command -v iptables-legacy-restore
-    need iptables command -v iptables-nft-restore
-    need nftables command -v nft
-    need iproute2 command -v ip
-    need kmod command -v modprobe
+    need iptables have iptables-legacy-restore
+    need iptables have iptables-nft-restore
+    need nftables have nft
+    need iproute2 have ip
+    need kmod have modprobe
 fi
 if ((IMAGE)); then
-    need podman command -v podman
-    need runc command -v runc
-    need mmdebstrap command -v mmdebstrap
+    need podman have podman
+    need runc have runc
+    need mmdebstrap have mmdebstrap
 fi
 if ((VENV)) && ! venv_current; then
     need python3-venv "$PYTHON3" -c 'import ensurepip, venv'
-    need gcc command -v gcc
+    need gcc have gcc
     need libc6-dev test -e /usr/include/stdio.h
 fi
 
