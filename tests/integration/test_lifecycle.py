@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_positional_clean_and_istio_clean_iptables_remove_everything(lab: NetLab
     assert saved(lab) == before
     applied(lab, *STANDARD, "--ipv6", "off")
     done = __import__("subprocess").run(
-        ["ip", "netns", "exec", lab.pod_ns, "python3", "-c",
+        ["ip", "netns", "exec", lab.pod_ns, sys.executable, "-c",
          "import sys; from istio_iptables.cli.main import clean_main; sys.exit(clean_main(['--ipv6', 'off']))"],
         capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
@@ -209,10 +210,10 @@ def test_json_logs_are_one_object_per_line_with_the_final_ruleset(lab: NetLab) -
 def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
     probe = ("from istio_iptables.kernel.netlink import nft_has_tables as f; print(f(4), f(6))")
     repo = str(Path(__file__).resolve().parents[2])
-    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+    assert lab.run("pod", sys.executable, "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["False", "False"]
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
-    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+    assert lab.run("pod", sys.executable, "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["True", "False"]
 
 
