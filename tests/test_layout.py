@@ -6,8 +6,6 @@ nothing of how a run is decided; apply/ decides and writes, but is not a command
 Read from the source with `ast`, so a lazy import inside a function counts too.
 """
 
-from __future__ import annotations
-
 import ast
 from pathlib import Path
 from typing import NamedTuple
@@ -77,6 +75,22 @@ def violations(layer: str) -> list[str]:
             where = "inside a function" if imp.in_function else "at module level"
             problems.append(f"{rel}:{imp.line} imports {imp.module} {where}")
     return problems
+
+
+def test_namedtuple_modules_keep_real_annotations() -> None:
+    """`from __future__ import annotations` turns annotations into strings, and
+    typing.NamedTuple compiles each one at import (a ForwardRef per field): measurable
+    at pod start.  Modules defining NamedTuples therefore keep real annotations."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                     and any(a.name == "annotations" for a in n.names) for n in tree.body)
+        namedtuple = any(isinstance(n, ast.ClassDef) and any(ast.unparse(b).endswith("NamedTuple") for b in n.bases)
+                         for n in ast.walk(tree))
+        if future and namedtuple:
+            offenders.append(path.relative_to(PACKAGE).as_posix())
+    assert offenders == []
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
