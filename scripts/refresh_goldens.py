@@ -52,6 +52,7 @@ class Checkout:
 
     def __init__(self, path: Path, rev: str) -> None:
         self.path = path
+        self.rev = rev
         self.commit = self._git("rev-parse", "--verify", f"{rev}^{{commit}}").strip()
         self.date = self._git("log", "-1", "--format=%cs", self.commit).strip()
 
@@ -111,7 +112,8 @@ def record_commits(current: Checkout, old_1_3: Checkout | None, check: bool) -> 
          f"commit {current.commit[:12]}, {current.date}"),
     ]
     if old_1_3 is not None:
-        edits.append((NOTICE, r"commit\n    [0-9a-f]{40}", f"commit\n    {old_1_3.commit}"))
+        edits.append((NOTICE, r"\(tag \S+, commit\n    [0-9a-f]{40}",
+                      f"(tag {old_1_3.rev}, commit\n    {old_1_3.commit}"))
     for path, pattern, replacement in edits:
         text = path.read_text()
         new = re.sub(pattern, replacement, text, count=1)
