@@ -14,15 +14,54 @@
 #   IMAGE          tag to build            (default localhost/istio-iptables:dev)
 #   BASE           final-stage base image  (default: the local mmdebstrap base)
 #   BUILDER_BASE   builder-stage base      (default: local builder base, or $BASE when BASE is given)
-#   MIRROR         Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
+#   MIRROR         Debian mirror for mmdebstrap (default: the host's apt source for bookworm,
+#                  from /etc/apt/sources.list and /etc/apt/sources.list.d/*.{list,sources})
 #   REBUILD_BASE=1 remake the local bases even if they exist
+#   PIP_PYTHON     a Python with pip, for `pip download` (default python3; make passes .venv's,
+#                  since Debian's python3 has no pip without python3-pip)
 #   MAX_IMAGE_MB   fail if the final image is larger (default 120)
 set -euo pipefail
 # shellcheck source=images/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
+
+# The first enabled `deb` source of the host that serves $1 (a suite such as bookworm):
+# the mirror this machine already uses (and may be the only one it can reach).
+host_debian_mirror() {
+    local suite="$1" f
+    local files=()
+    [[ -f /etc/apt/sources.list ]] && files+=(/etc/apt/sources.list)
+    for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -f "$f" ]] && files+=("$f")
+    done
+    for f in "${files[@]}"; do
+        case "$f" in
+        *.sources)  # deb822: paragraphs of Types/URIs/Suites/Enabled fields
+            awk -v suite="$suite" '
+                function flush() {
+                    if (!done && (" " types " ") ~ / deb / && enabled != "no" && (" " suites " ") ~ (" " suite " ")) {
+                        split(uris, u, " "); print u[1]; done = 1
+                    }
+                    types = uris = suites = enabled = ""
+                }
+                /^[ \t]*#/ { next }
+                /^[ \t]*$/ { flush(); next }
+                { key = tolower($1); sub(/^[^:]*:[ \t]*/, "") }
+                key == "types:" { types = $0 } key == "uris:" { uris = $0 }
+                key == "suites:" { suites = $0 } key == "enabled:" { enabled = tolower($0) }
+                END { flush() }' "$f" ;;
+        *)  # one-line format: deb [options] URI suite components...
+            awk -v suite="$suite" '$1 == "deb" {
+                i = 2
+                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) { print $i; exit }
+            }' "$f" ;;
+        esac
+    done | grep -E '^(https?|file)://' | head -n1
+}
+MIRROR="${MIRROR:-$(host_debian_mirror "$SUITE")}"
+[[ -n "$MIRROR" ]] || die "no apt source for Debian $SUITE on this host; set MIRROR (e.g. MIRROR=http://ftp.XX.debian.org/debian)"
 MAX_IMAGE_MB="${MAX_IMAGE_MB:-120}"
 START=$SECONDS
 
@@ -116,7 +155,7 @@ if [[ "${NO_WHEELHOUSE:-0}" != 1 ]]; then
     # Dependencies as published on PyPI (python-iptables is an sdist: it is compiled in
     # the builder stage), plus the build backend for the project and that sdist.
     log "pip download: dependencies into the build context"
-    python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir \
+    "${PIP_PYTHON:-python3}" -m pip download --quiet --disable-pip-version-check --no-cache-dir \
         --dest "$CTX/wheelhouse" "$CTX/src" 'setuptools>=64' wheel >"$WORK/pip-download.log" 2>&1 ||
         { cat "$WORK/pip-download.log" >&2
           die "pip download failed (PyPI unreachable?); NO_WHEELHOUSE=1 lets the build fetch from PyPI itself"; }

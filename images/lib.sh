@@ -33,8 +33,8 @@ image_size_bytes() { podman image inspect --format '{{.Size}}' "$1"; }
 
 human_mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 
-project_version() {
-    sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO_ROOT/pyproject.toml" | head -n1
+project_version() {  # the one version string: istio_iptables.__version__
+    sed -n 's/^__version__ *= *"\(.*\)"/\1/p' "$REPO_ROOT/istio_iptables/__init__.py" | head -n1
 }
 
 # Install the host tools a script needs (Debian package names), when missing.

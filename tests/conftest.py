@@ -1,4 +1,4 @@
-"""Shared test helpers: the reference data beside the checkout, and running the CLI."""
+"""Shared test helpers: Istio's parity data in tests/testdata, and a clean tool environment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = Path(os.environ.get("ISTIO_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+# Istio's golden files and their inputs, copied into the repo (see testdata/NOTICE;
+# scripts/refresh_goldens.py refreshes them).  Part of every checkout: a test that
+# finds them missing fails rather than skips.
+TESTDATA = REPO / "tests" / "testdata"
 # Every environment variable the tool reads, so a developer's shell cannot leak into a test.
 TOOL_ENV_PREFIXES = ("ISTIO_", "ENVOY_", "INBOUND_", "PROXY_", "KUBE_", "DRY_RUN", "REDIRECT_DNS",
                      "CAPTURE_ALL_DNS", "DROP_INVALID", "INVALID_DROP", "DUAL_STACK", "NETWORK_NAMESPACE",

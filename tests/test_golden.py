@@ -1,4 +1,4 @@
-"""Rule-for-rule parity with Istio's own golden files (../shared/reference/istio-golden)."""
+"""Rule-for-rule parity with Istio's own golden files (tests/testdata/istio-golden)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import pytest
 
 from istio_iptables.cli.main import main
 
-from .conftest import REFERENCE
+from .conftest import TESTDATA
 
-GOLDEN = REFERENCE / "istio-golden"
-CASES: dict[str, dict[str, object]] = (
-    json.loads((GOLDEN / "cases.json").read_text())["cases"] if (GOLDEN / "cases.json").exists() else {}
-)
+GOLDEN = TESTDATA / "istio-golden"
+# Read at import: without the data, collection fails loudly instead of every case skipping.
+CASES: dict[str, dict[str, object]] = json.loads((GOLDEN / "cases.json").read_text())["cases"]
 IPTABLES_CASES = sorted(name for name in CASES if (GOLDEN / "iptables" / f"{name}.golden").exists())
 
 
@@ -26,6 +25,21 @@ def golden_restore_lines(name: str) -> list[str]:
 
 def test_reference_is_present() -> None:
     assert len(IPTABLES_CASES) == 27, f"expected 27 golden cases under {GOLDEN}"
+
+
+def test_every_golden_file_has_its_inputs() -> None:
+    """A golden file without a cases.json entry would be silently left out of the parity run."""
+    goldens = {p.name.removesuffix(".golden") for p in GOLDEN.glob("*/*.golden")}
+    assert goldens - set(CASES) == set()
+
+
+def test_istio_1_3_reference_is_present() -> None:
+    """The upgrade test (tests/integration) replays these; without root it cannot run, so
+    their presence is checked here too."""
+    old = TESTDATA / "istio-1.3-golden"
+    cases = json.loads((old / "cases.json").read_text())["cases"]
+    assert len(cases) == 8
+    assert {p.name.removesuffix("_golden.txt") for p in old.glob("*_golden.txt")} == set(cases)
 
 
 @pytest.mark.parametrize("name", IPTABLES_CASES)

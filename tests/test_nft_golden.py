@@ -1,4 +1,4 @@
-"""Line-for-line parity with Istio's native nftables golden files (../shared/reference/istio-golden/nftables).
+"""Line-for-line parity with Istio's native nftables golden files (tests/testdata/istio-golden/nftables).
 
 Each case's flags and environment go through the CLI's own validation (`build_settings`),
 and its host facts (IPv6, nameservers) are given directly, as Istio's tests give them.
@@ -16,12 +16,11 @@ from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.hostfacts import HostFacts
 from istio_iptables.model.nft_plan import iface, render_nft
 
-from .conftest import REFERENCE
+from .conftest import TESTDATA
 
-GOLDEN = REFERENCE / "istio-golden"
-CASES: dict[str, dict[str, object]] = (
-    json.loads((GOLDEN / "cases.json").read_text())["cases"] if (GOLDEN / "cases.json").exists() else {}
-)
+GOLDEN = TESTDATA / "istio-golden"
+# Read at import: without the data, collection fails loudly instead of every case skipping.
+CASES: dict[str, dict[str, object]] = json.loads((GOLDEN / "cases.json").read_text())["cases"]
 NFT_CASES = sorted(name for name in CASES if (GOLDEN / "nftables" / f"{name}.golden").exists())
 
 

@@ -13,7 +13,7 @@ from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
 from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
 from istio_iptables.kernel import iptables_restore as rb
-from istio_iptables.model import iptables_render as render
+from istio_iptables.model import iptables_render
 from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, RunOptions
 from istio_iptables.model.iptables_plan import FamilyPlan, Plan, RouteStep, Rule
@@ -122,10 +122,10 @@ def _decide(work: FamilyWork, run: RunOptions) -> None:
     if work.action == "replace":
         work.removals = _existing_non_hooks(work)
     if work.action in ("replace", "clean"):
-        new_rules = render.restore_text(work.plan) if work.action == "replace" else ""
+        new_rules = iptables_render.restore_text(work.plan) if work.action == "replace" else ""
         work.text = state.merge_restore(state.cleanup_lines(work.current, work.removals), new_rules)
     elif work.action == "apply":
-        work.text = render.restore_text(work.plan)
+        work.text = iptables_render.restore_text(work.plan)
 
 
 def _existing_non_hooks(work: FamilyWork) -> list[Rule]:
@@ -141,7 +141,7 @@ def _write_all(works: list[FamilyWork], plan: Plan, capture: CaptureConfig, run:
     added_routes: list[RouteStep] = []
     added_address = False
     try:
-        # IPv6 first: it is the family that fails in the field (#53147), and failing
+        # IPv6 first: it is the family that fails in the field (istio/istio#53147), and failing
         # before IPv4 is written leaves nothing to roll back.
         for work in sorted(works, key=lambda w: -w.family):
             if work.text:

@@ -14,9 +14,10 @@ import time
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
-from istio_iptables.kernel import iptables_restore as rb
+from istio_iptables.kernel import iptables_restore
 from istio_iptables.model import hostfacts
 from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions
+from istio_iptables.model.constants import IPV4_INBOUND_PASSTHROUGH_ADDRESS
 from istio_iptables.model.iptables_plan import build_plan
 
 EXIT_FAILED = 1
@@ -50,7 +51,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
                 from istio_iptables.apply.iptables import execute_iptables
 
                 execute_iptables(capture, plan, run)
-        except (ApplyError, rb.IptablesError) as err:
+        except (ApplyError, iptables_restore.IptablesError) as err:
             log.error("%s", err)
             return EXIT_FAILED
         except Exception as err:  # an init container must say why it failed, not dump a traceback
@@ -61,8 +62,8 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
         from istio_iptables.apply.validation import validate
 
         if not validate(capture, run):
-            log.error("iptables validation failed: traffic to 127.0.0.6:%d was not captured; "
-                      "the workload is not ready for Istio", run.probe_port)
+            log.error("iptables validation failed: traffic to %s:%d was not captured; "
+                      "the workload is not ready for Istio", IPV4_INBOUND_PASSTHROUGH_ADDRESS, run.probe_port)
             return EXIT_VALIDATION
         log.info("validation succeeded")
     return 0

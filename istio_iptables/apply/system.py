@@ -10,9 +10,8 @@ from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
 from istio_iptables.kernel import netlink
 from istio_iptables.model.config import CaptureConfig
-from istio_iptables.model.iptables_plan import IPV6_INBOUND_PASSTHROUGH, Plan, RouteStep
-
-PASSTHROUGH_ADDRESS = IPV6_INBOUND_PASSTHROUGH.split("/")[0]
+from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUND_PASSTHROUGH_ADDRESS
+from istio_iptables.model.iptables_plan import Plan, RouteStep
 
 
 def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
@@ -20,7 +19,7 @@ def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
     (`added_routes` collects the routes as they are added)."""
     added_address = False
     if plan.addresses:
-        added_address = netlink.add_ipv6_address(PASSTHROUGH_ADDRESS)
+        added_address = netlink.add_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
     if plan.routes:
         from istio_iptables.kernel.routes import apply_routes
 
@@ -28,7 +27,7 @@ def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
             apply_routes(plan.routes, added_routes)
         except Exception:
             if added_address:
-                netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS)
+                netlink.delete_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
             raise
     return added_address
 
@@ -45,7 +44,7 @@ def undo_system_steps(routes: list[RouteStep], address: bool) -> list[str]:
             problems.append(str(err))
     if address:
         try:
-            netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS)
+            netlink.delete_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
         except OSError as err:
             problems.append(str(err))
     return problems
@@ -60,7 +59,7 @@ def cleanup_system_steps(capture: CaptureConfig) -> None:
     for step in remove_routes(steps):
         log.info("removed: %s", step.describe())
     try:
-        if netlink.delete_ipv6_address(PASSTHROUGH_ADDRESS):
-            log.info("removed ::6/128 from lo")
+        if netlink.delete_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS):
+            log.info("removed %s from lo", IPV6_INBOUND_PASSTHROUGH)
     except OSError as err:
-        raise ApplyError(f"removing ::6/128 from lo failed: {err}") from None
+        raise ApplyError(f"removing {IPV6_INBOUND_PASSTHROUGH} from lo failed: {err}") from None

@@ -18,9 +18,9 @@ import time
 
 from istio_iptables import logs as log
 from istio_iptables.model.config import CaptureConfig, RunOptions
+from istio_iptables.model.constants import IPV4_INBOUND_PASSTHROUGH_ADDRESS
 
 SO_ORIGINAL_DST = 80
-PROBE_SOURCE_TARGET = "127.0.0.6"
 
 
 def original_dst_port(conn: socket.socket) -> int | None:
@@ -48,7 +48,7 @@ def _dial_as(uid: int, gid: int, port: int) -> None:
             os.setuid(uid)
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.settimeout(1.0)
-                sock.connect((PROBE_SOURCE_TARGET, port))
+                sock.connect((IPV4_INBOUND_PASSTHROUGH_ADDRESS, port))
                 code = 0
         except OSError:
             code = 1
@@ -78,7 +78,7 @@ def validate(capture: CaptureConfig, run: RunOptions) -> bool:
                 with conn:
                     if original_dst_port(conn) == run.probe_port:
                         return True
-            log.info("validation: probe to %s:%d not captured yet", PROBE_SOURCE_TARGET, run.probe_port)
+            log.info("validation: probe to %s:%d not captured yet", IPV4_INBOUND_PASSTHROUGH_ADDRESS, run.probe_port)
         return False
     except OSError as err:
         log.error("validation could not run: %s", err)

@@ -14,6 +14,17 @@ import click
 
 from istio_iptables.model import config as c
 from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions
+from istio_iptables.model.constants import (
+    DNS_AGENT_PORT,
+    INBOUND_CAPTURE_PORT,
+    INBOUND_TUNNEL_PORT,
+    IPV4_LOOPBACK_CIDR,
+    PROBE_PORT,
+    PROXY_PORT,
+    PROXY_UID,
+    TPROXY_MARK,
+    TPROXY_ROUTE_TABLE,
+)
 
 
 class Option(NamedTuple):
@@ -29,21 +40,21 @@ class Option(NamedTuple):
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("envoy_port", "--envoy-port", "-p", ("ENVOY_PORT",), "15001", "Outbound capture port (Envoy's)."),
-    Option("inbound_capture_port", "--inbound-capture-port", "-z", ("INBOUND_CAPTURE_PORT",), "15006",
+    Option("envoy_port", "--envoy-port", "-p", ("ENVOY_PORT",), str(PROXY_PORT), "Outbound capture port (Envoy's)."),
+    Option("inbound_capture_port", "--inbound-capture-port", "-z", ("INBOUND_CAPTURE_PORT",), str(INBOUND_CAPTURE_PORT),
            "Port that inbound TCP is redirected to."),
-    Option("inbound_tunnel_port", "--inbound-tunnel-port", "-e", ("INBOUND_TUNNEL_PORT",), "15008",
+    Option("inbound_tunnel_port", "--inbound-tunnel-port", "-e", ("INBOUND_TUNNEL_PORT",), str(INBOUND_TUNNEL_PORT),
            "HBONE tunnel port; never captured."),
     Option("proxy_uid", "--proxy-uid", "-u", ("PROXY_UID",), "",
-           "Comma list of proxy uids exempt from capture (default: uid of $ENVOY_USER, else 1337)."),
+           f"Comma list of proxy uids exempt from capture (default: uid of $ENVOY_USER, else {PROXY_UID})."),
     Option("proxy_gid", "--proxy-gid", "-g", ("PROXY_GID",), "", "Comma list of proxy gids (default: as -u)."),
     Option("mode", "--istio-inbound-interception-mode", "-m",
            ("ISTIO_INBOUND_INTERCEPTION_MODE", "INBOUND_INTERCEPTION_MODE"), "", "REDIRECT (default) or TPROXY."),
     Option("tproxy_mark", "--istio-inbound-tproxy-mark", "-t",
-           ("ISTIO_INBOUND_TPROXY_MARK", "INBOUND_TPROXY_MARK"), "1337",
+           ("ISTIO_INBOUND_TPROXY_MARK", "INBOUND_TPROXY_MARK"), str(TPROXY_MARK),
            "TPROXY fwmark. Note: in Istio 1.3's script -t meant 'unit test'; today's meaning wins."),
     Option("tproxy_route_table", "--istio-inbound-tproxy-route-table", "-r",
-           ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",), "133", "Routing table used for TPROXY."),
+           ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",), str(TPROXY_ROUTE_TABLE), "Routing table used for TPROXY."),
     Option("inbound_ports", "--istio-inbound-ports", "-b", ("ISTIO_INBOUND_PORTS",), "",
            "Inbound ports to capture: '*' for all, a comma list, or empty for none."),
     Option("inbound_exclude_ports", "--istio-local-exclude-ports", "-d", ("ISTIO_LOCAL_EXCLUDE_PORTS",), "",
@@ -63,7 +74,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dry_run", "--dry-run", "-n", ("DRY_RUN",), "false",
            "Print the plan; touch nothing, need no privileges.", is_flag=True),
     Option("redirect_dns", "--redirect-dns", None, ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"), "false",
-           "Capture DNS to the agent on 15053.", is_flag=True),
+           f"Capture DNS to the agent on {DNS_AGENT_PORT}.", is_flag=True),
     Option("capture_all_dns", "--capture-all-dns", None, ("CAPTURE_ALL_DNS",), "false",
            "Capture all port-53 traffic, not only to resolv.conf's servers.", is_flag=True),
     Option("drop_invalid", "--drop-invalid", None, ("DROP_INVALID", "INVALID_DROP"), "false",
@@ -74,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
            "Apply inside this network namespace (a path like /proc/PID/ns/net, or a name in /var/run/netns)."),
     Option("run_validation", "--run-validation", None, ("RUN_VALIDATION",), "false",
            "Probe that capture works after applying; exit 126 if not.", is_flag=True),
-    Option("probe_port", "--iptables-probe-port", None, ("IPTABLES_PROBE_PORT",), "15002",
+    Option("probe_port", "--iptables-probe-port", None, ("IPTABLES_PROBE_PORT",), str(PROBE_PORT),
            "Port the validation probe dials."),
     Option("probe_timeout", "--probe-timeout", None, ("PROBE_TIMEOUT",), "5s", "Validation timeout (e.g. 5s)."),
     Option("skip_rule_apply", "--skip-rule-apply", None, ("SKIP_RULE_APPLY",), "false",
@@ -108,7 +119,7 @@ OPTIONS: tuple[Option, ...] = (
 ENV_ONLY = {
     "owner_groups_include": ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
     "owner_groups_exclude": ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", ""),
-    "ipv4_loopback_cidr": ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32"),
+    "ipv4_loopback_cidr": ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", IPV4_LOOPBACK_CIDR),
 }
 
 

@@ -11,7 +11,7 @@ import re
 from typing import NamedTuple
 
 from istio_iptables.kernel import spawn
-from istio_iptables.model.nft_plan import TABLES, cleanup_text
+from istio_iptables.model.nft_plan import FAMILY, TABLES, cleanup_text
 
 NFT_BINARY = "nft"
 DEFAULT_TIMEOUT = 60.0
@@ -70,7 +70,7 @@ def istio_tables_text(*, timeout: float = DEFAULT_TIMEOUT) -> str:
     input that puts them back (empty when none exists)."""
     parts = []
     for table in TABLES:
-        done = _nft(["list", "table", "inet", table], timeout=timeout)
+        done = _nft(["list", "table", FAMILY, table], timeout=timeout)
         if done.returncode == 0:
             parts.append(done.stdout)
     return "".join(parts)

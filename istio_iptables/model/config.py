@@ -12,6 +12,17 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from istio_iptables.model.constants import (
+    INBOUND_CAPTURE_PORT,
+    INBOUND_TUNNEL_PORT,
+    IPV4_LOOPBACK_CIDR,
+    PROBE_PORT,
+    PROXY_PORT,
+    PROXY_UID,
+    TPROXY_MARK,
+    TPROXY_ROUTE_TABLE,
+)
+
 REDIRECT = "REDIRECT"
 TPROXY = "TPROXY"
 
@@ -65,14 +76,14 @@ class OwnerGroups(NamedTuple):
 class CaptureConfig(NamedTuple):
     """Everything that decides which rules are planned.  Ports are ints, lists keep order."""
 
-    proxy_port: int = 15001
-    inbound_capture_port: int = 15006
-    inbound_tunnel_port: int = 15008
-    proxy_uids: tuple[str, ...] = ("1337",)
-    proxy_gids: tuple[str, ...] = ("1337",)
+    proxy_port: int = PROXY_PORT
+    inbound_capture_port: int = INBOUND_CAPTURE_PORT
+    inbound_tunnel_port: int = INBOUND_TUNNEL_PORT
+    proxy_uids: tuple[str, ...] = (PROXY_UID,)
+    proxy_gids: tuple[str, ...] = (PROXY_UID,)
     mode: str = REDIRECT
-    tproxy_mark: int = 1337
-    tproxy_route_table: int = 133
+    tproxy_mark: int = TPROXY_MARK
+    tproxy_route_table: int = TPROXY_ROUTE_TABLE
     inbound_ports_all: bool = False
     inbound_ports: tuple[int, ...] = ()
     inbound_exclude_ports: tuple[int, ...] = ()
@@ -87,7 +98,7 @@ class CaptureConfig(NamedTuple):
     drop_invalid: bool = False
     dual_stack: bool = False
     owner_groups: OwnerGroups = OwnerGroups()
-    ipv4_loopback_cidr: str = "127.0.0.1/32"
+    ipv4_loopback_cidr: str = IPV4_LOOPBACK_CIDR
 
     @property
     def captures_inbound(self) -> bool:
@@ -107,7 +118,7 @@ class RunOptions(NamedTuple):
     force_apply: bool = False
     skip_rule_apply: bool = False
     run_validation: bool = False
-    probe_port: int = 15002
+    probe_port: int = PROBE_PORT
     probe_timeout: float = 5.0
     network_namespace: str = ""
     force_iptables_binary: str = ""

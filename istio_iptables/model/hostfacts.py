@@ -11,9 +11,7 @@ import pwd
 from typing import NamedTuple
 
 from istio_iptables import logs as log
-from istio_iptables.kernel.netlink import interface_addresses
-
-DEFAULT_PROXY_UID = "1337"
+from istio_iptables.model.constants import PROXY_UID
 
 
 class HostFactsError(RuntimeError):
@@ -67,6 +65,10 @@ def ipv6_from_addresses(addresses: list[str], dual_stack: bool) -> bool:
 
 def detect_ipv6(dual_stack: bool) -> bool:
     """Decide IPv6 for the current network namespace."""
+    # The one place the model asks the kernel; imported here so the rest of model/
+    # stays importable (and testable) without it.
+    from istio_iptables.kernel.netlink import interface_addresses
+
     return ipv6_from_addresses([addr for _, addr in interface_addresses()], dual_stack)
 
 
@@ -97,7 +99,7 @@ def default_proxy_uid(envoy_user: str | None) -> str:
     try:
         return str(pwd.getpwnam(envoy_user or "istio-proxy").pw_uid)
     except KeyError:
-        return DEFAULT_PROXY_UID
+        return PROXY_UID
 
 
 def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str) -> HostFacts:

@@ -9,27 +9,28 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 from typing import NamedTuple, Protocol
 
 from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.constants import (
+    DNS_AGENT_PORT,
+    IPV4_INBOUND_PASSTHROUGH,
+    IPV6_INBOUND_PASSTHROUGH,
+    IPV6_LOOPBACK,
+    ISTIO_DIVERT,
+    ISTIO_DROP,
+    ISTIO_IN_REDIRECT,
+    ISTIO_INBOUND,
+    ISTIO_OUTPUT,
+    ISTIO_OUTPUT_DNS,
+    ISTIO_REDIRECT,
+    ISTIO_TPROXY,
+    OUTBOUND_MARK,
+    TABLE_ORDER,
+)
 from istio_iptables.model.hostfacts import HostFacts
 
-ISTIO_OUTPUT = "ISTIO_OUTPUT"
-ISTIO_OUTPUT_DNS = "ISTIO_OUTPUT_DNS"
-ISTIO_INBOUND = "ISTIO_INBOUND"
-ISTIO_DIVERT = "ISTIO_DIVERT"
-ISTIO_TPROXY = "ISTIO_TPROXY"
-ISTIO_REDIRECT = "ISTIO_REDIRECT"
-ISTIO_IN_REDIRECT = "ISTIO_IN_REDIRECT"
-ISTIO_DROP = "ISTIO_DROP"
 # Chains iptables owns and verdicts that are not chains: never created with -N.
 BUILTIN_CHAINS_AND_VERDICTS = frozenset(
     {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "RETURN", "DROP"}
 )
-# Sorted, as Istio sorts the table names of a restore file.
-TABLE_ORDER = ("filter", "mangle", "nat", "raw")
-OUTBOUND_MARK = "1338"
-DNS_AGENT_PORT = "15053"
-IPV6_LOOPBACK = "::1/128"
-IPV6_INBOUND_PASSTHROUGH = "::6/128"
-IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
 
 
 class Rule(NamedTuple):

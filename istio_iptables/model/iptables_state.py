@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from istio_iptables.model.constants import ISTIO_PREFIX, TABLE_ORDER
 from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule
-
-ISTIO_PREFIX = "ISTIO_"
 
 
 class TableState:
@@ -144,8 +143,7 @@ def merge_restore(cleanup: dict[str, list[str]], plan_text: str) -> str:
             continue
         elif current is not None:
             blocks[current].append(line)
-    order = ("filter", "mangle", "nat", "raw")
-    names = sorted(blocks, key=lambda t: (order.index(t) if t in order else len(order), t))
+    names = sorted(blocks, key=lambda t: (TABLE_ORDER.index(t) if t in TABLE_ORDER else len(TABLE_ORDER), t))
     return "".join(f"*{t}\n" + "".join(line + "\n" for line in blocks[t]) + "COMMIT\n"
                    for t in names if blocks[t])
 

@@ -15,6 +15,13 @@ import re
 from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.constants import (
+    DNS_AGENT_PORT,
+    IPV4_INBOUND_PASSTHROUGH,
+    IPV6_INBOUND_PASSTHROUGH,
+    IPV6_LOOPBACK,
+    OUTBOUND_MARK,
+)
 from istio_iptables.model.hostfacts import HostFacts
 
 FAMILY = "inet"
@@ -35,11 +42,6 @@ DIVERT = "istio-divert"
 TPROXY = "istio-tproxy"
 DROP = "istio-drop"
 
-OUTBOUND_MARK = "1338"
-DNS_AGENT_PORT = "15053"
-IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
-IPV6_INBOUND_PASSTHROUGH = "::6/128"
-IPV6_LOOPBACK = "::1/128"
 COUNTER = "counter"
 # Interface names nft reads as a bare word; anything else (a leading digit, '@') is quoted.
 _BARE_IFACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\*?$")

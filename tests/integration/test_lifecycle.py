@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_positional_clean_and_istio_clean_iptables_remove_everything(lab: NetLab
     assert saved(lab) == before
     applied(lab, *STANDARD, "--ipv6", "off")
     done = __import__("subprocess").run(
-        ["ip", "netns", "exec", lab.pod_ns, "python3", "-c",
+        ["ip", "netns", "exec", lab.pod_ns, sys.executable, "-c",
          "import sys; from istio_iptables.cli.main import clean_main; sys.exit(clean_main(['--ipv6', 'off']))"],
         capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
@@ -209,18 +210,18 @@ def test_json_logs_are_one_object_per_line_with_the_final_ruleset(lab: NetLab) -
 def test_nft_table_probe_sees_what_iptables_nft_writes(lab: NetLab) -> None:
     probe = ("from istio_iptables.kernel.netlink import nft_has_tables as f; print(f(4), f(6))")
     repo = str(Path(__file__).resolve().parents[2])
-    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+    assert lab.run("pod", sys.executable, "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["False", "False"]
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
-    assert lab.run("pod", "python3", "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
+    assert lab.run("pod", sys.executable, "-c", f"import sys; sys.path.insert(0, {repo!r}); {probe}").stdout.split() \
         == ["True", "False"]
 
 
 def _istio_1_3_commands(case: str) -> list[list[str]]:
     """The IPv4 iptables commands Istio 1.3's istio-iptables.sh ran for a golden case."""
-    from tests.conftest import REFERENCE
+    from tests.conftest import TESTDATA
 
-    text = (REFERENCE / "istio-1.3-golden" / f"{case}_golden.txt").read_text()
+    text = (TESTDATA / "istio-1.3-golden" / f"{case}_golden.txt").read_text()
     body = text.split("ENABLE_INBOUND_IPV6=", 1)[1]
     return [line.split()[1:] for line in body.splitlines() if line.startswith("iptables -t ")]
 
@@ -231,9 +232,9 @@ def test_rules_left_by_istio_1_3_are_reconciled_and_cleaned(lab: NetLab) -> None
     them with exactly what a fresh apply writes, cleanup removes everything."""
     import json
 
-    from tests.conftest import REFERENCE
+    from tests.conftest import TESTDATA
 
-    case = json.loads((REFERENCE / "istio-1.3-golden" / "cases.json").read_text())["cases"]["mode_redirect"]
+    case = json.loads((TESTDATA / "istio-1.3-golden" / "cases.json").read_text())["cases"]["mode_redirect"]
     args = (*case["args"], "--ipv6", "off")
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
     before = saved(lab)
