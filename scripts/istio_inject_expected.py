@@ -1,4 +1,4 @@
-"""Regenerate tests/data/istio_inject/ from an Istio checkout: Istio's own injection
+"""Regenerate tests/testdata/istio-inject/ from an Istio checkout: Istio's own injection
 test inputs (pkg/kube/inject/testdata/inject/*.yaml, copied verbatim) and, from its
 golden outputs (*.injected), the istio-init / istio-validation container each pod
 template gets (expected.json), with the values and mesh config each case uses in
@@ -6,7 +6,7 @@ pkg/kube/inject/inject_test.go TestInjection.
 
     python scripts/istio_inject_expected.py /path/to/istio
 
-The data files are Istio's (Apache-2.0); see tests/data/istio_inject/NOTICE.
+The data files are Istio's (Apache-2.0); see tests/testdata/istio-inject/NOTICE.
 """
 
 import json
@@ -18,7 +18,7 @@ from typing import Any
 
 from istio_iptables.inject.manifest import load_documents, pod_templates, read_text
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "istio_inject"
+OUT = Path(__file__).resolve().parent.parent / "tests" / "testdata" / "istio-inject"
 CNI = {"pilot": {"cni": {"enabled": True}}}          # components.cni.enabled=true
 TPROXY = {"defaultConfig": {"interceptionMode": "TPROXY"}}
 STATUS_123 = {"global": {"proxy": {"statusPort": 123}}}

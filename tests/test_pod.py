@@ -1,6 +1,6 @@
 """`istio-iptables pod` and `--from-pod`: the init container Istio's injector adds.
 
-Two kinds of expectations: Istio's own injection tests (tests/data/istio_inject: its
+Two kinds of expectations: Istio's own injection tests (tests/testdata/istio-inject: its
 inputs and, from its golden outputs, each pod template's istio-init container), and
 one test per annotation and value whose expected args are read off the injection
 template (manifests/charts/istio-control/istio-discovery/files/injection-template.yaml,
@@ -25,7 +25,7 @@ from istio_iptables.cli.main import main
 from istio_iptables.inject import annotations as a
 from istio_iptables.inject.frompod import capture_from_pod
 
-DATA = Path(__file__).resolve().parent / "data" / "istio_inject"
+DATA = Path(__file__).resolve().parent / "testdata" / "istio-inject"
 ISTIO = json.loads((DATA / "expected.json").read_text())
 # What the template writes for a pod with no annotations and Istio's default values.
 DEFAULT_ARGS = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
