@@ -36,6 +36,8 @@ from istio_iptables.model.config import ConfigError
 _RUNTIME_OWNED = (("network_namespace", "--network-namespace", "CNI_NETNS"),
                   ("dry_run", "--dry-run", "nothing else: a plugin's stdout carries the result"),
                   ("cleanup_only", "--cleanup-only", "CNI_COMMAND=DEL"))
+# The agent's ports that Istio's CNI plugin never captures inbound, whatever the annotations say.
+PROXY_EXCLUDED_PORTS = "15020,15021,15090"
 # Where plugins' PATH points when a runtime execs them with an empty environment.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -191,12 +193,24 @@ def _pod_argv(request: Request) -> list[str] | None:
         log.info("pass-through: %s", reason)
         return None
     try:
-        extra = annotation_flags(annotations)
+        extra = _keep_proxy_ports_excluded(annotation_flags(annotations))
     except ConfigError as err:
         raise CniError(p.INVALID_CONFIG, "invalid pod annotation", str(err)) from None
     if extra:
         log.info("flags from pod annotations: %s", " ".join(extra))
     return [*argv, *extra]
+
+
+def _keep_proxy_ports_excluded(flags: list[str]) -> list[str]:
+    """Istio's CNI plugin always adds the agent's ports to an excludeInboundPorts
+    annotation (cni/pkg/plugin/sidecar_redirect.go), as the injector's template does:
+    the annotation's -d would otherwise replace the conflist's and capture them."""
+    out = list(flags)
+    for index in range(len(out) - 1):
+        if out[index] == "-d":
+            ports = [port.strip() for port in f"{out[index + 1]},{PROXY_EXCLUDED_PORTS}".split(",") if port.strip()]
+            out[index + 1] = ",".join(dict.fromkeys(ports))
+    return out
 
 
 def _annotations(config: Mapping[str, Any]) -> dict[str, str]:

@@ -211,9 +211,12 @@ def annotated(version: str, netns: str, annotations: dict[str, str]) -> dict[str
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_inject_false_annotation_passes_through_with_nothing_written(lab: NetLab, version: str) -> None:
+@pytest.mark.parametrize("annotation", [("sidecar.istio.io/inject", "false"),
+                                        ("sidecar.istio.io/interceptionMode", "NONE")])
+def test_no_capture_annotations_pass_through_with_nothing_written(lab: NetLab, version: str,
+                                                                  annotation: tuple[str, str]) -> None:
     before = both_families(lab)
-    conf = annotated(version, lab.pod_ns_path, {"sidecar.istio.io/inject": "false"})
+    conf = annotated(version, lab.pod_ns_path, dict([annotation]))
 
     add = cni("ADD", lab.pod_ns_path, conf)
 
@@ -244,9 +247,26 @@ def test_traffic_annotations_override_the_conflist_flags(lab: NetLab, version: s
     assert app.wait_for_hit() is not None
     assert lab.connect("peer", POD_IPV4, 9090).landed_port == 15006
     assert inbound.wait_for_hit().original_dst == (POD_IPV4, 9090)
+    metrics = lab.listen("pod", 15090)  # the agent's ports stay excluded, as in Istio's CNI plugin
+    assert lab.connect("peer", POD_IPV4, 15090).landed_port == 15090
+    assert metrics.wait_for_hit() is not None
     assert cni("CHECK", lab.pod_ns_path, conf).returncode == 0
     # Without the annotations the same namespace no longer matches the plan.
     assert cni("CHECK", lab.pod_ns_path, config(version, lab.pod_ns_path)).json["code"] == 101
+
+
+def test_interception_mode_annotation_selects_tproxy_and_del_removes_its_routes(lab: NetLab) -> None:
+    conf = annotated("1.0.0", lab.pod_ns_path, {"sidecar.istio.io/interceptionMode": "TPROXY"})
+
+    add = cni("ADD", lab.pod_ns_path, conf)
+
+    assert add.returncode == 0, add
+    assert "-j TPROXY" in saved(lab)
+    assert "lookup 133" in lab.run("pod", "ip", "rule").stdout
+    assert cni("CHECK", lab.pod_ns_path, conf).returncode == 0
+    assert cni("DEL", lab.pod_ns_path, conf).returncode == 0
+    assert "ISTIO" not in saved(lab)
+    assert "lookup 133" not in lab.run("pod", "ip", "rule").stdout
 
 
 def test_excluded_namespace_passes_through(lab: NetLab) -> None:
