@@ -45,7 +45,7 @@ def test_request_carries_the_parameters() -> None:
     ({**ENV, "CNI_COMMAND": "ATTACH"}, b"{}", 4, "ATTACH"),
     ({k: v for k, v in ENV.items() if k != "CNI_COMMAND"}, b"{}", 4, "CNI_COMMAND"),
     ({k: v for k, v in ENV.items() if k != "CNI_IFNAME"}, b'{"cniVersion":"1.0.0"}', 4, "CNI_IFNAME"),
-    ({k: v for k, v in ENV.items() if k != "CNI_CONTAINERID"}, b'{"cniVersion":"1.0.0"}', 4, "CNI_CONTAINERID"),
+    ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, b'{"cniVersion":"0.4.0"}', 4, "CNI_NETNS"),
     (ENV, b"", 6, "not JSON"),
     (ENV, b"\xff\xfe", 6, "not JSON"),
     (ENV, b'"1.0.0"', 6, "not a JSON object"),
@@ -61,6 +61,12 @@ def test_bad_requests_get_the_spec_code(env: dict[str, str], stdin: bytes, code:
     err = error_of(env, stdin)
     assert err.code == code
     assert words in f"{err.msg} {err.details}"
+
+
+def test_container_id_and_cni_path_are_optional() -> None:
+    # Never used (no per-container state, no delegation): bench/ drives ADD without them.
+    env = {k: v for k, v in ENV.items() if k != "CNI_CONTAINERID"}
+    assert request(env, {"cniVersion": "1.0.0"}).container_id == ""
 
 
 def test_del_needs_no_netns_and_version_needs_nothing() -> None:

@@ -33,12 +33,13 @@ INVALID_CONFIG = 7
 NOT_AVAILABLE = 50
 APPLY_FAILED = 100
 CAPTURE_DRIFTED = 101
-# Environment a command cannot do without (the spec's "required environment
-# parameters", less CNI_PATH: we delegate to no other plugin, so we never read it).
+# Environment a command cannot do without: the spec's "required environment
+# parameters" less CNI_CONTAINERID and CNI_PATH, which the plugin never uses (it keeps
+# no per-container state and delegates to no other plugin; the id is only logged).
 REQUIRED_ENV = {
-    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "ADD": ("CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_IFNAME",),
     "STATUS": (),
     "GC": (),
     "VERSION": (),
