@@ -81,14 +81,14 @@ def _add(request: Request) -> Result:
 
 
 def _del(request: Request) -> Result:
-    argv = _pod_argv(request)
-    if argv is None:
-        return None
+    # DEL is best effort: with flags it cannot read, cleanup still removes every ISTIO_
+    # chain and every jump into one (only rules in built-in chains need the flags).
     try:
+        argv = _pod_argv(request)
+        if argv is None:
+            return None
         settings = capture_settings(argv, _capture_env(request.config))
     except CniError as err:
-        # DEL is best effort: whatever the flags, cleanup removes every ISTIO_ chain and
-        # every jump into one; only rules in built-in chains need the original flags.
         log.warning("DEL with the default flags: %s", err)
         settings = parse_args([], {})
     if not _enter(request.netns, missing_ok=True):

@@ -179,6 +179,19 @@ def test_del_restores_the_namespace_and_del_twice_succeeds(lab: NetLab, version:
     assert both_families(lab) == before
 
 
+def test_del_with_a_config_it_cannot_read_still_removes_the_capture(lab: NetLab) -> None:
+    lab.run("pod", "iptables-nft", *FOREIGN_RULE)
+    before = both_families(lab)
+    assert cni("ADD", lab.pod_ns_path, config("1.0.0", lab.pod_ns_path)).returncode == 0
+
+    done = cni("DEL", lab.pod_ns_path, annotated("1.0.0", lab.pod_ns_path, {
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "eighty"}))
+
+    assert (done.returncode, done.stdout) == (0, ""), done
+    assert "DEL with the default flags" in done.stderr
+    assert both_families(lab) == before
+
+
 def test_del_after_the_namespace_is_gone_succeeds(lab: NetLab) -> None:
     conf = config("1.0.0", "/var/run/netns/iit-cni-gone")
     gone = cni("DEL", "/var/run/netns/iit-cni-gone", conf)
