@@ -116,12 +116,12 @@ def _cni(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
+@pytest.fixture(params=["0.4.0", "1.0.0"])
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
     if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
         pytest.fail(f"RUN_E2E=1 but {IMAGE} is missing: run `make image` first", pytrace=False)
     setup = Node(tmp_path)
-    conflist = {"cniVersion": "1.0.0", "name": setup.network, "plugins": [
+    conflist = {"cniVersion": request.param, "name": setup.network, "plugins": [
         {"type": "bridge", "bridge": setup.bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True,
          "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
                   "ranges": [[{"subnet": setup.subnet, "gateway": setup.gateway}]]}}]}
