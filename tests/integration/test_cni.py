@@ -328,6 +328,7 @@ ERRORS: dict[str, tuple[dict[str, Any], int, str]] = {
     "annotations not strings": ({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"a": 1}}}, 7,
                                 "io.kubernetes.cri.pod-annotations"),
     "missing netns": ({"netns": "/var/run/netns/iit-cni-no-such"}, 3, "/var/run/netns/iit-cni-no-such"),
+    "netns not a namespace": ({"netns": "/proc/version"}, 3, "/proc/version"),
     "no CNI_NETNS": ({"netns": None}, 4, "CNI_NETNS"),
     "stdin not JSON": ({"stdin": b"{not json"}, 6, "not JSON"),
     "stdin not an object": ({"stdin": b"[1, 2]"}, 6, "not a JSON object"),
