@@ -24,13 +24,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from istio_iptables import logs as log
 from istio_iptables.cli.flags import Settings, parse_args
 from istio_iptables.cni import protocol as p
 from istio_iptables.cni.protocol import CniError, Request
 from istio_iptables.model.config import ConfigError
+
+if TYPE_CHECKING:
+    from istio_iptables.model.hostfacts import HostFacts
 
 # Flags the runtime decides, not the conflist: where (CNI_NETNS), and what (the command).
 _RUNTIME_OWNED = (("network_namespace", "--network-namespace", "CNI_NETNS"),
@@ -281,7 +284,7 @@ def _differences(settings: Settings) -> list[str]:
     return problems
 
 
-def _nft_differences(settings: Settings, facts: Any) -> list[str]:
+def _nft_differences(settings: Settings, facts: HostFacts) -> list[str]:
     """Native nftables mode: our tables are there (their rules are not compared)."""
     from istio_iptables.kernel.nft import istio_tables_text
     from istio_iptables.model.nft_plan import render_nft

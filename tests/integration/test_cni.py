@@ -163,6 +163,21 @@ def test_check_fails_when_the_rules_are_gone(lab: NetLab) -> None:
     assert "missing" in check.json["details"]
 
 
+def test_native_nftables_mode_add_check_del(lab: NetLab) -> None:
+    conf = config("1.0.0", lab.pod_ns_path, capture=[*CAPTURE, "--native-nftables"])
+    outbound = lab.listen("pod", 15001)
+
+    assert cni("ADD", lab.pod_ns_path, conf).returncode == 0
+    assert lab.connect("pod", EXTERNAL_IPV4, 80, uid=APP_UID, gid=APP_UID).landed_port == 15001
+    assert outbound.wait_for_hit().original_dst == (EXTERNAL_IPV4, 80)
+    assert cni("CHECK", lab.pod_ns_path, conf).returncode == 0
+    lab.run("pod", "nft", "delete", "table", "inet", "istio-proxy-nat")
+    drifted = cni("CHECK", lab.pod_ns_path, conf)
+    assert drifted.returncode == 1 and "istio-proxy-nat is missing" in drifted.json["details"], drifted
+    assert cni("DEL", lab.pod_ns_path, conf).returncode == 0
+    assert "istio-proxy" not in lab.run("pod", "nft", "list", "ruleset").stdout
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_del_restores_the_namespace_and_del_twice_succeeds(lab: NetLab, version: str) -> None:
     lab.run("pod", "iptables-nft", *FOREIGN_RULE)
