@@ -125,9 +125,12 @@ def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
         {"type": "bridge", "bridge": setup.bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True,
          "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
                   "ranges": [[{"subnet": setup.subnet, "gateway": setup.gateway}]]}}]}
-    # What podman and the plugins may create on first use; removed again if they do.
-    first_use = [p for p in (CONF_DIR / "cni.lock", IPAM_STATE, IPAM_STATE.parent / "results", IPAM_STATE.parent)
-                 if not p.exists()]
+    if not any((Path(d) / "bridge").exists() for d in ("/usr/lib/cni", "/usr/libexec/cni", "/opt/cni/bin")):
+        pytest.fail("RUN_E2E=1 but the CNI bridge plugin is missing (containernetworking-plugins)", pytrace=False)
+    # What this test, podman and the plugins may create on first use; removed again if they do.
+    first_use = [p for p in (CONF_DIR / "cni.lock", CONF_DIR, CONF_DIR.parent, IPAM_STATE,
+                             IPAM_STATE.parent / "results", IPAM_STATE.parent) if not p.exists()]
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
     setup.conflist.write_text(json.dumps(conflist, indent=2) + "\n")
     try:
         yield setup
