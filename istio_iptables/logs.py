@@ -13,6 +13,7 @@ import time
 class _Settings:
     format = "text"
     threshold = 20
+    last_error = ""  # the CNI plugin repeats it in its error JSON
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
@@ -37,7 +38,15 @@ def _emit(level: str, message: str, args: tuple[object, ...]) -> None:
     if _LEVELS[level] < _Settings.threshold:
         return
     text = message % args if args else message
+    if level == "error":
+        _Settings.last_error = text
     sys.stderr.write(format_line(level, text, time.time(), _Settings.format) + "\n")
+
+
+def last_error() -> str:
+    """The text of the latest error line (empty if none), for callers that must also
+    report it elsewhere than the log."""
+    return _Settings.last_error
 
 
 def debug(message: str, *args: object) -> None:

@@ -8,7 +8,8 @@
 #                                          not checked with --venv-only (lint, unit tests)
 #      python3-venv gcc libc6-dev          only when the venv must be (re)built:
 #                                          python-iptables ships as a C source package
-#      podman runc mmdebstrap              with --image (make image / e2e, RUN_E2E=1)
+#      podman runc mmdebstrap              with --image (make image / e2e, RUN_E2E=1),
+#      containernetworking-plugins         and the bridge plugin for the CNI e2e test
 #    Missing ones are installed with apt-get as root; without root, one line says what
 #    is missing and how to install it, and the script exits 1.
 # 2. .venv with the package installed editable, with its test and lint extras: made
@@ -81,6 +82,9 @@ if ((IMAGE)); then
     need podman have podman
     need runc have runc
     need mmdebstrap have mmdebstrap
+    # The CNI end-to-end test chains our plugin after the bridge plugin: podman may
+    # bring only netavark on a fresh Debian.
+    need containernetworking-plugins test -x /usr/lib/cni/bridge
 fi
 if ((VENV)) && ! venv_current; then
     need python3-venv "$PYTHON3" -c 'import ensurepip, venv'

@@ -61,6 +61,21 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
         log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, rb.save(work.binary).rstrip())
 
 
+def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
+    """Survey and decide as an apply would, but write nothing: what differs between
+    this namespace and the plan (empty when every family holds exactly the plan).
+    For the CNI plugin's CHECK."""
+    forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
+    problems: list[str] = []
+    for work in _survey(plan, run._replace(cleanup_only=False), forced):
+        _decide(work, run._replace(cleanup_only=False, reconcile=False, force_apply=False))
+        if work.action == "apply" and work.plan.rules:
+            problems.append(f"IPv{work.family}: the capture rules are missing")
+        elif work.action == "drift":
+            problems.append(f"IPv{work.family}: {work.reason}")
+    return problems
+
+
 def _backend_name(work: FamilyWork, run: RunOptions) -> str:
     return "python-iptables (libiptc, legacy)" if run.backend == "libiptc" else work.binary.restore
 
