@@ -88,7 +88,7 @@ def test_concurrent_applies_write_one_exact_ruleset(lab: NetLab, backend: str) -
     applied(lab, *flags)
     expected = (saved(lab, backend=backend), saved(lab, ipv6=True, backend=backend))
     argv = [sys.executable, "-m", "istio_iptables", "--network-namespace", lab.pod_ns_path, *flags]
-    for _ in range(5):
+    for _ in range(10):
         applied(lab, *flags, "--cleanup-only")
         runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
         results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
