@@ -155,8 +155,8 @@ def test_rule_keys_tell_different_rules_apart(plan_args: str, saved: str) -> Non
 
 def test_owner_names_compare_by_id() -> None:
     ids = {"istio-proxy": "1337"}
-    key = state.rule_key("-m owner --uid-owner istio-proxy -j RETURN".split(), 4, lambda _o, name: ids[name])
-    assert key == state.rule_key("-m owner --uid-owner 1337 -j RETURN".split(), 4)
+    named, numbered = "-m owner --uid-owner istio-proxy -j RETURN", "-m owner --uid-owner 1337 -j RETURN"
+    assert state.rule_key(named.split(" "), 4, lambda _o, name: ids[name]) == state.rule_key(numbered.split(" "), 4)
 
 
 def test_order_of_our_rules_is_compared() -> None:

@@ -43,6 +43,7 @@ class FamilyWork:
         self.reason = ""
         self.text = ""
         self.non_hooks: list[tuple[str, str, str]] = []
+        self.committed: tuple[str, ...] | None = None  # after a failed write: the tables it committed
         # nf_tables tables and chains at the survey (nft flavour): a failed run deletes
         # the empty ones it created, so `nft list ruleset` is as before.
         self.nft_before: tuple[set[str], set[tuple[str, str]]] | None = None
@@ -242,7 +243,11 @@ def write_families(works: list[FamilyWork], run: RunOptions, undo: Undo) -> None
     for work in sorted(works, key=lambda w: -w.family):
         if work.text:
             undo.add(lambda work=work: _roll_back(work))  # type: ignore[misc]
-            _write_family(work, run)
+            try:
+                _write_family(work, run)
+            except rb.IptablesError as err:
+                work.committed = err.committed
+                raise
 
 
 def _write_family(work: FamilyWork, run: RunOptions) -> None:
@@ -263,9 +268,12 @@ def _write_family(work: FamilyWork, run: RunOptions) -> None:
 
 def _roll_back(work: FamilyWork) -> bool:
     """Put our part of this family back as the survey saw it, by inverse operations on
-    what differs now (see state.rollback_text); returns whether anything had changed."""
+    what differs now (see state.rollback_text), in the tables this run may have written;
+    returns whether anything had changed."""
+    if work.committed == ():
+        return False  # the restore failed before any commit: nothing of this family was written
     now = state.parse_save(rb.save(work.binary))
-    text = state.rollback_text(work.plan, work.current, now, work.resolve)
+    text = state.rollback_text(work.plan, work.current, now, work.resolve, work.committed)
     if text:
         rb.restore(work.binary, text, what="the rollback")
     dropped = _drop_created_nft_objects(work) if work.nft_before is not None else False

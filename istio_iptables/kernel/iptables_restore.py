@@ -22,7 +22,12 @@ RESTORE_TIMEOUT = 60
 
 class IptablesError(RuntimeError):
     """An iptables binary failed; the message names the binary, the table and the
-    kernel's words."""
+    kernel's words.  `committed`: for a failed restore, the tables that were committed
+    before the failure (None: unknown, any of them may have been)."""
+
+    def __init__(self, message: str, committed: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.committed = committed
 
 
 class Binary(NamedTuple):
@@ -135,7 +140,27 @@ def restore(binary: Binary, text: str, *, noflush: bool = True, what: str = "rul
         argv.append("--wait")
     done = _run(argv, text)
     if done.returncode != 0:
-        raise IptablesError(_explain(binary.restore, text, done.stderr, what))
+        raise IptablesError(_explain(binary.restore, text, done.stderr, what), _committed(binary, text, done.stderr))
+
+
+def _committed(binary: Binary, text: str, stderr: str) -> tuple[str, ...] | None:
+    """Which tables a failed restore committed.  iptables-nft-restore sends the whole
+    input as one nf_tables transaction: none.  iptables-legacy-restore commits each
+    table at its COMMIT line: those before the line it names (unknown without one)."""
+    if binary.flavour == "nft":
+        return ()
+    match = _LINE_FAILED.search(stderr)
+    if match is None:
+        return None
+    failed, table, done = int(match.group(1)), "", []
+    for number, line in enumerate(text.splitlines(), 1):
+        if number >= failed:
+            break
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line == "COMMIT":
+            done.append(table)
+    return tuple(done)
 
 
 def _explain(program: str, text: str, stderr: str, what: str) -> str:

@@ -362,15 +362,18 @@ def _our_view(comparison: Comparison, table: TableState) -> tuple[object, ...]:
     return chains, tuple(b for b in builtins if b[1])
 
 
-def rollback_text(plan: FamilyPlan, before: IptablesState, now: IptablesState, resolve: Resolver = _same) -> str:
+def rollback_text(plan: FamilyPlan, before: IptablesState, now: IptablesState, resolve: Resolver = _same,
+                  tables: Iterable[str] | None = None) -> str:
     """Restore input (for --noflush) that puts our part of each table back as it was
     at the survey, by inverse operations on what differs now: delete our hooks and
     plan rules in built-in chains, flush and delete our chains, then re-create the
     chains, rules and hooks of ours the survey saw, hooks at their old positions.
+    Only `tables` (default: all) are considered: those the failed run may have written.
     Tables whose part of ours is unchanged get no lines; foreign rules are never named."""
     old, new = Comparison(plan, before, resolve), Comparison(plan, now, resolve)
     blocks: dict[str, list[str]] = {}
-    for name in sorted(set(before.tables) | set(now.tables)):
+    names = set(before.tables) | set(now.tables)
+    for name in sorted(names if tables is None else names & set(tables)):
         was, is_ = before.table(name), now.table(name)
         if _our_view(old, was) == _our_view(new, is_):
             continue
