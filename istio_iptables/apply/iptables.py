@@ -47,7 +47,9 @@ class FamilyWork:
         # nf_tables tables and chains at the survey (nft flavour): a failed run deletes
         # the empty ones it created, so `nft list ruleset` is as before.
         self.nft_before: tuple[set[str], set[tuple[str, str]]] | None = None
-        if binary.flavour == "nft":
+        if binary.flavour == "nft" and not before:
+            self.nft_before = (set(), set())  # rb.dump read nothing: netlink showed no table
+        elif binary.flavour == "nft":
             tables = netlink.nft_tables(netlink.NFPROTO[self.family])
             chains = netlink.nft_chains(self.family)
             if tables is not None and chains is not None:
