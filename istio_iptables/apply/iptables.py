@@ -31,11 +31,12 @@ class FamilyWork:
     """What one family in one flavour needs: its binary, its state before the run, the
     plan, and the decision."""
 
-    def __init__(self, binary: rb.Binary, before: str, plan: FamilyPlan, resolve: state.Resolver) -> None:
+    def __init__(self, binary: rb.Binary, before: str, plan: FamilyPlan, resolve: state.Resolver,
+                 parsed: state.IptablesState | None = None) -> None:
         self.family = binary.family
         self.binary = binary
         self.before = before
-        self.current = state.parse_save(before)
+        self.current = parsed if parsed is not None else state.parse_save(before)
         self.plan = plan
         self.resolve = resolve
         self.comparison = state.Comparison(plan, self.current, resolve)
@@ -145,7 +146,8 @@ def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: s
         text = rb.dump(rb.Binary(family, flavour))
         if text is not None:
             dumps[flavour] = text
-    holders = [f for f, text in dumps.items() if state.parse_save(text).has_ours()]
+    parsed = {f: state.parse_save(text) for f, text in dumps.items()}
+    holders = [f for f, current in parsed.items() if current.has_ours()]
     if forced:
         binary = rb.Binary(family, forced)
         rb.require(binary)
@@ -161,7 +163,7 @@ def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: s
                          "Remove both with --cleanup-only, then apply again; nothing was changed")
     elif holders:
         chosen = holders
-    elif state.parse_save(dumps.get("legacy", "")).has_rules():
+    elif "legacy" in parsed and parsed["legacy"].has_rules():
         chosen = ["legacy"]
     elif "nft" in dumps:
         chosen = ["nft"]
@@ -176,7 +178,7 @@ def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: s
             text = rb.save(binary)
         if not quiet:
             log.info("IPv%d: using %s", family, binary.describe())
-        works.append(FamilyWork(binary, text, plan, resolve))
+        works.append(FamilyWork(binary, text, plan, resolve, parsed.get(flavour)))
     return works
 
 

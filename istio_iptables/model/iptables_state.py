@@ -260,9 +260,12 @@ class Comparison:
         self.expected = expected_order(plan.rules)
         # The plan's non-jump rules in built-in chains, by (table, chain): keys only.
         self.builtin_keys: dict[tuple[str, str], set[Key]] = {}
+        self.builtin_texts: dict[tuple[str, str], set[str]] = {}
         for (table, chain), held in self.expected.items():
             if _is_builtin(chain):
-                self.builtin_keys[(table, chain)] = {self.plan_key(r) for r in held}
+                self.builtin_keys[(table, chain)] = {self.plan_key(r) for r in held if r.jump_target is None
+                                                     or r.jump_target in BUILTIN_CHAINS_AND_VERDICTS}
+                self.builtin_texts[(table, chain)] = {" ".join(r.params) for r in held}
 
     def plan_key(self, rule: Rule) -> Key:
         return rule_key(rule.params, self.family, self.resolve)
@@ -273,8 +276,21 @@ class Comparison:
     def ours_in_builtin(self, table: TableState, chain: str) -> list[tuple[int, str]]:
         """(index, spec) of our rules in a built-in chain: hooks, and rules this plan writes there."""
         planned = self.builtin_keys.get((table.name, chain), set())
+        texts = self.builtin_texts.get((table.name, chain), set())
         return [(i, spec) for i, spec in enumerate(table.rules_in(chain))
-                if table.is_hook(chain, spec) or (planned and self.kernel_key(spec) in planned)]
+                if table.is_hook(chain, spec) or spec in texts or (planned and self.kernel_key(spec) in planned)]
+
+    def same(self, rule: Rule, spec: str) -> bool:
+        """Whether the kernel's rule `spec` is the plan's `rule`.  Most rules (every -x
+        and -i CIDR) come back from -save exactly as written: a string compare settles
+        them, and only the others pay for a key."""
+        return " ".join(rule.params) == spec or self.plan_key(rule) == self.kernel_key(spec)
+
+    def _in_order(self, where: str, want: list[Rule], have: list[str]) -> str | None:
+        """None when `have` is `want`, rule by rule in order; else why not."""
+        if len(want) == len(have) and all(self.same(r, spec) for r, spec in zip(want, have, strict=True)):
+            return None
+        return _describe(where, [self.plan_key(r) for r in want], [self.kernel_key(spec) for spec in have])
 
     def differences(self) -> list[str]:
         """Why the kernel's rules of ours differ from the plan (empty: the same, in order)."""
@@ -286,17 +302,17 @@ class Comparison:
         for table, chain in sorted(present - planned):
             diffs.append(f"chain {chain} in table {table} is not in the plan")
         for table, chain in sorted(planned & present):
-            want = [self.plan_key(r) for r in self.expected.get((table, chain), [])]
-            have = [self.kernel_key(spec) for spec in self.state.table(table).rules_in(chain)]
-            if want != have:
-                diffs.append(_describe(f"{table}/{chain}", want, have))
+            why = self._in_order(f"{table}/{chain}", self.expected.get((table, chain), []),
+                                 self.state.table(table).rules_in(chain))
+            if why:
+                diffs.append(why)
         builtins = {(t, c) for t, c in self.expected if _is_builtin(c)}
         builtins |= {(t.name, c) for t in self.state.tables.values() for c, _ in t.hooks()}
         for table, chain in sorted(builtins):
-            want = [self.plan_key(r) for r in self.expected.get((table, chain), [])]
-            have = [self.kernel_key(spec) for _, spec in self.ours_in_builtin(self.state.table(table), chain)]
-            if want != have:
-                diffs.append(_describe(f"our rules in {table}/{chain}", want, have))
+            have = [spec for _, spec in self.ours_in_builtin(self.state.table(table), chain)]
+            why = self._in_order(f"our rules in {table}/{chain}", self.expected.get((table, chain), []), have)
+            if why:
+                diffs.append(why)
         return diffs
 
     def non_hooks_present(self) -> list[tuple[str, str, str]]:
