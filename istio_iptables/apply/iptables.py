@@ -39,7 +39,7 @@ class FamilyWork:
         self.current = parsed if parsed is not None else state.parse_save(before)
         self.plan = plan
         self.resolve = resolve
-        self.comparison = state.Comparison(plan, self.current, resolve)
+        self._comparison: state.Comparison | None = None
         self.action = "apply"  # apply | in-sync | replace | clean | none | drift
         self.reason = ""
         self.text = ""
@@ -56,16 +56,21 @@ class FamilyWork:
             if tables is not None and chains is not None:
                 self.nft_before = (set(tables), chains)
 
+    @property
+    def comparison(self) -> state.Comparison:
+        """The plan set against the survey; built on first use (a fresh apply needs none)."""
+        if self._comparison is None:
+            self._comparison = state.Comparison(self.plan, self.current, self.resolve)
+        return self._comparison
+
 
 def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> None:
     """Apply, re-check or clean up the iptables rules of every planned family."""
-    from istio_iptables.apply.nftables import native_tables, remove_native
-
     forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
     works = survey(plan, forced, run.cleanup_only)
     if run.backend == "libiptc":
         _refuse_libiptc_on_nft(works)
-    native = native_tables()
+    native = _native_tables()
     if native and not (run.cleanup_only or run.reconcile):
         raise ApplyError(f"this namespace already holds a --native-nftables capture (inet {', '.join(native)}); "
                          "refusing to add a second capture in iptables. Re-run with --reconcile to replace it, "
@@ -85,6 +90,8 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
     try:
         write_families(works, run, undo)
         if native:
+            from istio_iptables.apply.nftables import remove_native
+
             log.info("removing the --native-nftables capture (inet %s)", ", ".join(native))
             remove_native(undo)
         if run.cleanup_only:
@@ -96,6 +103,16 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
     for work in works:
         final = work.before if not work.text else rb.save(work.binary)  # unchanged: the survey is current
         log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, final.rstrip())
+
+
+def _native_tables() -> list[str]:
+    """Istio's native nftables tables present here.  No inet table at all (a fresh pod,
+    any iptables-only pod) is one netlink dump, without importing the nft modules."""
+    if netlink.nft_tables(netlink.NFPROTO_INET) == []:
+        return []
+    from istio_iptables.apply.nftables import native_tables
+
+    return native_tables()
 
 
 def _backend_name(work: FamilyWork, run: RunOptions) -> str:

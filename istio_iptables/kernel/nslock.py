@@ -21,9 +21,11 @@ The holder also listens (never accepting): a waiter that finds the name taken
 connects and reads SO_PEERCRED, which on a unix stream socket names the listener's pid,
 so the timeout message can say who holds the lock.
 
-Cost on the init path: one socket(), one bind(), one listen() (three system calls, a
-few microseconds), and `_socket`, which is already imported for netlink.  Only a run
-that finds the lock taken sleeps (backoff 5 ms doubling to 200 ms).
+Cost on the init path: one socket(), one bind(), one listen() (three system calls,
+0.13 M instructions counted by valgrind), plus this module's import (1.2 M; `_socket`,
+`struct` and `errno` are already imported for netlink): about 0.7% of the standard
+apply's 187 M.  Only a run that finds the lock taken sleeps (backoff 5 ms doubling to
+200 ms).
 """
 
 from __future__ import annotations
