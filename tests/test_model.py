@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from istio_iptables.model import config as c
 from istio_iptables.model import iptables_state as state
@@ -151,6 +153,23 @@ def test_rule_keys_match_iptables_save_spelling(family: int, plan_args: str, sav
 ])
 def test_rule_keys_tell_different_rules_apart(plan_args: str, saved: str) -> None:
     assert state.rule_key(plan_args.split(), 4) != state.rule_key(saved.split(), 4)
+
+
+@given(st.ip_addresses(), st.integers(min_value=0, max_value=128), st.booleans())
+def test_an_address_compares_equal_to_its_network_as_save_prints_it(address: object, bits: int,
+                                                                     negate: bool) -> None:
+    import ipaddress
+
+    assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    family, bits = (4, bits % 33) if address.version == 4 else (6, bits)
+    network = ipaddress.ip_network(f"{address}/{bits}", strict=False)
+    bang = ["!"] if negate else []
+    as_planned = [*bang, "-d", f"{address.exploded.upper()}/{bits}", "-j", "RETURN"]
+    as_saved = [*bang, "-d", str(network), "-j", "RETURN"]
+    assert state.rule_key(as_planned, family) == state.rule_key(as_saved, family)
+    other = ipaddress.ip_network(f"{address}/{bits - 1}", strict=False) if bits else None
+    if other is not None and other != network:
+        assert state.rule_key([*bang, "-d", str(other), "-j", "RETURN"], family) != state.rule_key(as_saved, family)
 
 
 def test_owner_names_compare_by_id() -> None:

@@ -58,10 +58,12 @@ class NamespaceLock:
             self._sock = None
 
 
-def acquire(wait: float = DEFAULT_WAIT, name: str = LOCK_NAME) -> NamespaceLock:
-    """Take the lock of the current network namespace, waiting at most `wait` seconds."""
+def acquire(wait: float | None = None, name: str = LOCK_NAME) -> NamespaceLock:
+    """Take the lock of the current network namespace, waiting at most `wait` seconds
+    (default DEFAULT_WAIT, read at call time)."""
     import time
 
+    wait = DEFAULT_WAIT if wait is None else wait
     deadline = None
     pause = 0.005
     while True:

@@ -131,6 +131,31 @@ def test_the_lock_is_per_network_namespace_bounded_and_freed_by_death(lab: NetLa
     assert lab.run("pod", sys.executable, "-c", probe).stdout.strip() == "ACQUIRED"
 
 
+def test_a_run_that_cannot_get_the_lock_fails_with_one_line_and_changes_nothing(lab: NetLab) -> None:
+    holder = subprocess.Popen(["ip", "netns", "exec", lab.pod_ns, sys.executable, "-c",
+                               f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                               "from istio_iptables.kernel import nslock\nlock = nslock.acquire()\n"
+                               "print('held', flush=True)\nimport time; time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = saved(lab)
+        run = ("import sys; sys.path.insert(0, {repo!r})\n"
+               "from istio_iptables.kernel import nslock\nnslock.DEFAULT_WAIT = 0.5\n"
+               "from istio_iptables.cli.main import main\nsys.exit(main({args!r}))")
+        done = lab.run("pod", sys.executable, "-c", run.format(repo=str(REPO), args=[*STANDARD, "--ipv6", "off"]),
+                       check=False)
+        assert done.returncode == 1
+        errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1, done.stderr
+        assert f"(pid {holder.pid})" in errors[0]  # `ip netns exec` execs python: same pid
+        assert "istio-iptables.lock" in errors[0] and "nothing was changed" in errors[0]
+        assert saved(lab) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # --- 2. detection: our chains decide first, legacy only when it holds rules ---------------
 
 def test_an_empty_legacy_table_does_not_flip_detection(lab: NetLab) -> None:
@@ -293,7 +318,8 @@ def test_a_foreign_istio_audit_chain_is_left_alone(lab: NetLab, backend: str) ->
 def test_an_identical_rerun_with_a_big_list_runs_no_restore(lab: NetLab, tmp_path: Path, backend: str) -> None:
     """The -C pass of iptables-nft-restore is quadratic (28 s at 9,000 CIDRs): an
     identical re-run must compare text instead, and start no restore at all."""
-    cidrs = ",".join(f"10.{i // 250}.{i % 250}.0/24" for i in range(2000))
+    # Mostly CIDRs -save prints as written, and some it respells (host bits).
+    cidrs = ",".join([*(f"10.{i // 250}.{i % 250}.0/24" for i in range(2000)), "172.16.9.9/12", "192.0.2.77/28"])
     flags = (*STANDARD, "--ipv6", "off", "--force-iptables-binary", backend, "-x", cidrs)
     applied(lab, *flags)
     log = tmp_path / "calls"
