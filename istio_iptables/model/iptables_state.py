@@ -128,6 +128,8 @@ def parse_save(text: str) -> IptablesState:
 
 _IMPLICIT_MODULES = frozenset({"tcp", "udp"})  # what -p implies; -save prints them, Istio does not
 _ADDRESS_OPTIONS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d"}
+_BASE_OPTIONS = frozenset({"-s", "-d", "-i", "-o", "-p"})
+_VERDICT_OPTIONS = {"-j": "-j", "--jump": "-j", "-g": "-g", "--goto": "-g"}
 _ALL_ONES = 0xFFFFFFFF
 
 
@@ -156,28 +158,29 @@ def rule_key(words: Sequence[str], family: int, resolve: Resolver = _same) -> Ke
             context = "" if module in _IMPLICIT_MODULES else module
             if context:
                 clauses.append(("-m", context))
-        elif option in ("-j", "--jump", "-g", "--goto"):
-            context = "-j " + (args[0] if args else "")
-            clauses.append((option[:2] if len(option) == 2 else "-" + option[2], *args))
+        elif option in _VERDICT_OPTIONS:
+            verb = _VERDICT_OPTIONS[option]
+            context = f"{verb} {args[0] if args else ''}"
+            clauses.append((verb, *args))
         else:
-            clause = _normal_clause(option, args, family, context, resolve)
+            clause = _normal_clause(option, args, family, resolve)
             if clause is not None:
-                clauses.append((context, negate, *clause))
+                # -s/-d/-i/-o/-p belong to no match, wherever they are written.
+                clauses.append(("" if clause[0] in _BASE_OPTIONS else context, negate, *clause))
         negate = ""
     return tuple(sorted(clauses))
 
 
-def _normal_clause(option: str, args: list[str], family: int, context: str,
-                   resolve: Resolver) -> tuple[str, ...] | None:
+def _normal_clause(option: str, args: list[str], family: int, resolve: Resolver) -> tuple[str, ...] | None:
     """One option with its arguments in -save's spelling; None when -save omits it."""
     value = args[0] if args else ""
     if option in _ADDRESS_OPTIONS:
         return (_ADDRESS_OPTIONS[option], _network(value, family))
     if option in ("-p", "--protocol"):
         return ("-p", value.lower())
-    if option == "--in-interface":
+    if option in ("-i", "--in-interface"):
         return ("-i", value)
-    if option == "--out-interface":
+    if option in ("-o", "--out-interface"):
         return ("-o", value)
     if option in ("--uid-owner", "--gid-owner"):
         return (option, value if value.isdigit() else resolve(option, value))
