@@ -2,7 +2,8 @@
 
 config (parse + validate into frozen NamedTuples) → iptables_plan / nft_plan (ordered
 rules per family and table) → iptables_render (restore text, commands, JSON) and
-iptables_state (parse `-save`, compare with a plan, write cleanup text).  hostfacts
+iptables_state (parse `-save`, compare it in order with a plan, write cleanup and
+rollback text).  hostfacts
 holds the two facts a plan depends on (IPv6 on/off, nameservers); its `gather` is the
 one function here that asks the kernel, through kernel.netlink.  Nothing in this
 package may import from apply/ or cli/.
