@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from istio_iptables.model import config as c
 from istio_iptables.model import iptables_state as state
@@ -106,7 +108,7 @@ def test_cleanup_removes_hooks_and_istio_chains_only() -> None:
 def test_structural_differences_spot_extra_and_missing_rules() -> None:
     current = state.parse_save(SAVED)
     plan = build_plan(CaptureConfig(), HostFacts()).v4
-    diffs = state.structural_differences(plan, current)
+    diffs = state.Comparison(plan, current).differences()
     assert any("ISTIO_INBOUND missing" in d for d in diffs)
     assert any("nat/ISTIO_OUTPUT holds 1 rules" in d for d in diffs)
 
@@ -118,10 +120,104 @@ def test_merge_puts_cleanup_and_new_rules_of_a_table_in_one_commit() -> None:
     assert text.index("-X ISTIO_OUTPUT") < text.index("-N ISTIO_OUTPUT")
 
 
-def test_snapshot_keeps_only_touched_tables_and_blanks_new_ones() -> None:
-    snap = state.snapshot_text(SAVED, ["nat", "mangle"])
-    assert snap.startswith("*nat\n") and "--dport 9999" in snap
-    assert snap.endswith("*mangle\nCOMMIT\n")
+@pytest.mark.parametrize(("family", "plan_args", "saved"), [
+    (4, "-p tcp --dport 15008 -j RETURN", "-p tcp -m tcp --dport 15008 -j RETURN"),
+    (4, "-o lo -s 127.0.0.6/32 -j RETURN", "-s 127.0.0.6/32 -o lo -j RETURN"),
+    (4, "-d 10.1.2.3/8 -j RETURN", "-d 10.0.0.0/8 -j RETURN"),
+    (4, "-d 10.1.2.3 -j RETURN", "-d 10.1.2.3/32 -j RETURN"),
+    (6, "-d 2001:DB8:0:0::1/64 -j RETURN", "-d 2001:db8::/64 -j RETURN"),
+    (4, "-o lo ! -d 127.0.0.1/32 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 "
+        "-j ISTIO_IN_REDIRECT",
+     "! -d 127.0.0.1/32 -o lo -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 "
+     "-j ISTIO_IN_REDIRECT"),
+    (4, "-p udp --dport 53 -j REDIRECT --to-port 15053", "-p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"),
+    (4, "-j MARK --set-mark 1337", "-j MARK --set-xmark 0x539/0xffffffff"),
+    (4, "-p tcp -i lo -m mark ! --mark 1338 -j RETURN", "-i lo -p tcp -m mark ! --mark 0x53a -j RETURN"),
+    (4, "! -d 127.0.0.1/32 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006",
+     "! -d 127.0.0.1/32 -p tcp -j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x539/0xffffffff"),
+    (6, "! -d ::1/128 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006",
+     "! -d ::1/128 -p tcp -j TPROXY --on-port 15006 --on-ip :: --tproxy-mark 0x539/0xffffffff"),
+    (4, "-p tcp -m mark --mark 1337 -j CONNMARK --save-mark",
+     "-p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+])
+def test_rule_keys_match_iptables_save_spelling(family: int, plan_args: str, saved: str) -> None:
+    assert state.rule_key(plan_args.split(), family) == state.rule_key(saved.split(), family)
+
+
+@pytest.mark.parametrize(("plan_args", "saved"), [
+    ("-m owner --uid-owner 1337 -j RETURN", "-m owner ! --uid-owner 1337 -j RETURN"),
+    ("-d 10.0.0.0/8 -j RETURN", "-s 10.0.0.0/8 -j RETURN"),
+    ("-p tcp -m mark --mark 1337 -j RETURN", "-p tcp -m connmark --mark 0x539 -j RETURN"),
+    ("-j REDIRECT --to-ports 15001", "-j REDIRECT --to-ports 15006"),
+    ("-d 10.0.0.0/8 -j RETURN", "-d 10.0.0.0/16 -j RETURN"),
+])
+def test_rule_keys_tell_different_rules_apart(plan_args: str, saved: str) -> None:
+    assert state.rule_key(plan_args.split(), 4) != state.rule_key(saved.split(), 4)
+
+
+@given(st.ip_addresses(), st.integers(min_value=0, max_value=128), st.booleans())
+def test_an_address_compares_equal_to_its_network_as_save_prints_it(address: object, bits: int,
+                                                                     negate: bool) -> None:
+    import ipaddress
+
+    assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    family, bits = (4, bits % 33) if address.version == 4 else (6, bits)
+    network = ipaddress.ip_network(f"{address}/{bits}", strict=False)
+    bang = ["!"] if negate else []
+    as_planned = [*bang, "-d", f"{address.exploded.upper()}/{bits}", "-j", "RETURN"]
+    as_saved = [*bang, "-d", str(network), "-j", "RETURN"]
+    assert state.rule_key(as_planned, family) == state.rule_key(as_saved, family)
+    other = ipaddress.ip_network(f"{address}/{bits - 1}", strict=False) if bits else None
+    if other is not None and other != network:
+        assert state.rule_key([*bang, "-d", str(other), "-j", "RETURN"], family) != state.rule_key(as_saved, family)
+
+
+def test_owner_names_compare_by_id() -> None:
+    ids = {"istio-proxy": "1337"}
+    named, numbered = "-m owner --uid-owner istio-proxy -j RETURN", "-m owner --uid-owner 1337 -j RETURN"
+    assert state.rule_key(named.split(" "), 4, lambda _o, name: ids[name]) == state.rule_key(numbered.split(" "), 4)
+
+
+def test_order_of_our_rules_is_compared() -> None:
+    cfg = c.CaptureConfig(proxy_uids=("1337", "1338"))
+    plan = build_plan(cfg, HostFacts()).v4
+    swapped = build_plan(cfg._replace(proxy_uids=("1338", "1337")), HostFacts()).v4
+    current = state.parse_save(_as_save(restore_text(plan)))
+    assert state.Comparison(plan, current).differences() == []
+    assert any("another order" in d for d in state.Comparison(swapped, current).differences())
+
+
+def test_a_foreign_istio_named_chain_is_not_ours() -> None:
+    current = state.parse_save("*filter\n:ISTIO_AUDIT - [0:0]\n:INPUT ACCEPT [0:0]\n-A INPUT -j ISTIO_AUDIT\nCOMMIT\n")
+    assert not current.has_ours()
+    assert state.cleanup_lines(current, []) == {}
+
+
+def test_rollback_deletes_what_the_run_wrote_and_keeps_a_rule_added_meanwhile() -> None:
+    plan = build_plan(CaptureConfig(), HostFacts()).v4
+    before = state.parse_save(SAVED)
+    written = SAVED.replace("-A OUTPUT -j ISTIO_OUTPUT\n",
+                            "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -d 192.0.2.9/32 -j RETURN\n")
+    written = written.replace(":MINE - [0:0]\n", ":MINE - [0:0]\n:ISTIO_INBOUND - [0:0]\n")
+    written = written.replace("COMMIT", "-A PREROUTING -p tcp -j ISTIO_INBOUND\nCOMMIT")
+    text = state.rollback_text(plan, before, state.parse_save(written))
+    assert "-D PREROUTING -p tcp -j ISTIO_INBOUND" in text and "-X ISTIO_INBOUND" in text
+    assert "192.0.2.9" not in text and "9999" not in text and "MINE" not in text
+    assert "-I OUTPUT 2 -j ISTIO_OUTPUT" in text  # the hook goes back where it was
+    assert state.rollback_text(plan, before, before) == ""
+
+
+def _as_save(restore: str) -> str:
+    """Restore input as -save would print it, close enough for these tests (-A only)."""
+    lines = []
+    for line in restore.splitlines():
+        if line.startswith("* "):
+            lines.append("*" + line[2:])
+        elif line.startswith("-N "):
+            lines.append(f":{line[3:]} - [0:0]")
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:

@@ -1,7 +1,8 @@
 """The apply layer: one real run, per mode.
 
-run (entry: namespace, host facts, plan, owners, mode, validation) → iptables (detect,
-decide, write, roll back) or nftables (Istio's native nft mode), both finishing with
-system (the ::6 address and TPROXY routes).  This is the only layer that decides what
+run (entry: namespace, the namespace lock, host facts, plan, owners, mode, validation)
+→ iptables (survey, decide, write, roll back) or nftables (Istio's native nft mode),
+both finishing with system (the ::6 address and TPROXY routes); undo holds the inverse
+operations of one run, taken back when a later step fails.  This is the only layer that decides what
 to write; it talks to the kernel only through istio_iptables.kernel.
 """

@@ -1,52 +1,82 @@
-"""The iptables mode, orchestrated: detect, decide, write, roll back.
+"""The iptables mode, orchestrated: survey, decide, write, roll back.
 
-Per family: detect the binary and take one `-save` dump (the re-run check and the
-rollback snapshot); decide apply / in-sync / replace / clean, refusing drift without
+Per family: read the dumps of both flavours (cheaply: /proc and a netlink probe say
+when a flavour holds nothing) and choose where to write; decide apply / in-sync /
+replace / clean by comparing our chains with the plan in order, refusing drift without
 --reconcile before anything is written; write each family with one
 `iptables-restore --noflush` (or python-iptables); then the ::6 address and TPROXY
-routes.  Any failure restores the snapshot of every table already written.
+routes.  Any failure undoes what this run wrote, and only that (apply/undo.py).
+
+All of it runs under the namespace lock (kernel/nslock.py) taken by run_apply, so the
+survey is still true when the write happens: our chains cannot appear in between.
 """
 
 from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
-from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
+from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
+from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import iptables_restore as rb
+from istio_iptables.kernel import netlink
 from istio_iptables.model import iptables_render
 from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, RunOptions
-from istio_iptables.model.iptables_plan import FamilyPlan, Plan, RouteStep, Rule
+from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule
+
+FLAVOURS = ("legacy", "nft")
 
 
 class FamilyWork:
-    """What one family needs: its binary, its state before the run, and the decision."""
+    """What one family in one flavour needs: its binary, its state before the run, the
+    plan, and the decision."""
 
-    def __init__(self, family: int, binary: rb.Binary, before: str, current: state.IptablesState,
-                 plan: FamilyPlan) -> None:
-        self.family = family
+    def __init__(self, binary: rb.Binary, before: str, plan: FamilyPlan, resolve: state.Resolver,
+                 parsed: state.IptablesState | None = None) -> None:
+        self.family = binary.family
         self.binary = binary
         self.before = before
-        self.current = current
+        self.current = parsed if parsed is not None else state.parse_save(before)
         self.plan = plan
+        self.resolve = resolve
+        self._comparison: state.Comparison | None = None
         self.action = "apply"  # apply | in-sync | replace | clean | none | drift
         self.reason = ""
         self.text = ""
-        self.removals: list[Rule] = []
+        self.non_hooks: list[tuple[str, str, str]] = []
+        self.committed: tuple[str, ...] | None = None  # after a failed write: the tables it committed
+        # nf_tables tables and chains at the survey (nft flavour): a failed run deletes
+        # the empty ones it created, so `nft list ruleset` is as before.
+        self.nft_before: tuple[set[str], set[tuple[str, str]]] | None = None
+        if binary.flavour == "nft" and not before:
+            self.nft_before = (set(), set())  # rb.dump read nothing: netlink showed no table
+        elif binary.flavour == "nft":
+            tables = netlink.nft_tables(netlink.NFPROTO[self.family])
+            chains = netlink.nft_chains(self.family)
+            if tables is not None and chains is not None:
+                self.nft_before = (set(tables), chains)
 
     @property
-    def tables(self) -> list[str]:
-        return [line[1:].strip() for line in self.text.splitlines() if line.startswith("*")]
+    def comparison(self) -> state.Comparison:
+        """The plan set against the survey; built on first use (a fresh apply needs none)."""
+        if self._comparison is None:
+            self._comparison = state.Comparison(self.plan, self.current, self.resolve)
+        return self._comparison
 
 
 def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> None:
     """Apply, re-check or clean up the iptables rules of every planned family."""
     forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
-    works = _survey(plan, run, forced)
+    works = survey(plan, forced, run.cleanup_only)
     if run.backend == "libiptc":
         _refuse_libiptc_on_nft(works)
+    native = _native_tables()
+    if native and not (run.cleanup_only or run.reconcile):
+        raise ApplyError(f"this namespace already holds a --native-nftables capture (inet {', '.join(native)}); "
+                         "refusing to add a second capture in iptables. Re-run with --reconcile to replace it, "
+                         "or remove it with --native-nftables --cleanup-only; nothing was changed")
     for work in works:
-        _decide(work, run)
+        decide(work, run)
     drifted = [w for w in works if w.action == "drift"]
     if drifted:
         reasons = "; ".join(f"IPv{w.family}: {w.reason}" for w in drifted)
@@ -56,9 +86,33 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
     for work in works:
         log.info("IPv%d: %s via %s%s", work.family, work.action, _backend_name(work, run),
                  f" ({work.reason})" if work.reason else "")
-    _write_all(works, plan, capture, run)
+    undo = Undo()
+    try:
+        write_families(works, run, undo)
+        if native:
+            from istio_iptables.apply.nftables import remove_native
+
+            log.info("removing the --native-nftables capture (inet %s)", ", ".join(native))
+            remove_native(undo)
+        if run.cleanup_only:
+            cleanup_system_steps(capture)
+        else:
+            add_system_steps_undoable(plan, undo)
+    except Exception as err:
+        raise ApplyError(f"{err}; {undo.run()}") from None
     for work in works:
-        log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, rb.save(work.binary).rstrip())
+        final = work.before if not work.text else rb.save(work.binary)  # unchanged: the survey is current
+        log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, final.rstrip())
+
+
+def _native_tables() -> list[str]:
+    """Istio's native nftables tables present here.  No inet table at all (a fresh pod,
+    any iptables-only pod) is one netlink dump, without importing the nft modules."""
+    if netlink.nft_tables(netlink.NFPROTO_INET) == []:
+        return []
+    from istio_iptables.apply.nftables import native_tables
+
+    return native_tables()
 
 
 def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
@@ -67,8 +121,8 @@ def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
     For the CNI plugin's CHECK."""
     forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
     problems: list[str] = []
-    for work in _survey(plan, run._replace(cleanup_only=False), forced):
-        _decide(work, run._replace(cleanup_only=False, reconcile=False, force_apply=False))
+    for work in survey(plan, forced, False, quiet=True):
+        decide(work, run._replace(cleanup_only=False, reconcile=False, force_apply=False))
         if work.action == "apply" and work.plan.rules:
             problems.append(f"IPv{work.family}: the capture rules are missing")
         elif work.action == "drift":
@@ -80,54 +134,110 @@ def _backend_name(work: FamilyWork, run: RunOptions) -> str:
     return "python-iptables (libiptc, legacy)" if run.backend == "libiptc" else work.binary.restore
 
 
-def _survey(plan: Plan, run: RunOptions, forced: str) -> list[FamilyWork]:
-    """Detect binaries and dump the current rules, once per family."""
+def owner_resolver() -> state.Resolver:
+    """Owner names to the ids iptables-save prints (the names were checked to exist)."""
+    def resolve(option: str, name: str) -> str:
+        import grp
+        import pwd
+
+        try:
+            if option == "--uid-owner":
+                return str(pwd.getpwnam(name).pw_uid)
+            return str(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            return name
+
+    return resolve
+
+
+def survey(plan: Plan, forced: str, cleanup_only: bool, quiet: bool = False) -> list[FamilyWork]:
+    """Per family, where to write (or, for cleanup, every flavour holding ours), with
+    the one dump that serves the decision, the comparison and the rollback."""
+    resolve = owner_resolver()
     works: list[FamilyWork] = []
     for family_plan in plan.families:
-        binary, before = rb.detect(family_plan.family, forced)
-        log.info("IPv%d: using %s", family_plan.family, binary.describe())
-        works.append(FamilyWork(family_plan.family, binary, before, state.parse_save(before), family_plan))
-    if run.cleanup_only and plan.v6 is None:
+        works += _survey_family(family_plan, forced, cleanup_only, resolve, quiet)
+    if cleanup_only and plan.v6 is None:
         # Clean IPv6 too when an earlier run wrote it and ip6tables works here.
         try:
-            binary, before = rb.detect(6, forced)
+            found = _survey_family(FamilyPlan(6, ()), forced, True, resolve, True)
         except rb.IptablesError:
-            return works
-        current = state.parse_save(before)
-        if current.has_istio():
-            works.append(FamilyWork(6, binary, before, current, FamilyPlan(6, ())))
+            found = []
+        works += [w for w in found if w.current.has_ours()]
+    return works
+
+
+def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: state.Resolver,
+                   quiet: bool = False) -> list[FamilyWork]:
+    """Our own chains decide first: a re-run goes to the flavour that holds them.  Else
+    Istio's rule: legacy when it holds rules (not merely empty tables, which a read-only
+    `iptables-legacy -L` creates), else nft when it works, else plain `iptables`."""
+    family = plan.family
+    dumps: dict[str, str] = {}
+    for flavour in FLAVOURS:
+        text = rb.dump(rb.Binary(family, flavour))
+        if text is not None:
+            dumps[flavour] = text
+    parsed = {f: state.parse_save(text) for f, text in dumps.items()}
+    holders = [f for f, current in parsed.items() if current.has_ours()]
+    if forced:
+        binary = rb.Binary(family, forced)
+        rb.require(binary)
+        others = [f for f in holders if f != forced]
+        if others and not cleanup_only:
+            raise ApplyError(f"IPv{family} rules of an earlier run are in iptables-{others[0]}; "
+                             f"--force-iptables-binary {forced} would add a second capture. Remove them with "
+                             f"--cleanup-only --force-iptables-binary {others[0]} first; nothing was changed")
+        chosen = [forced] + (others if cleanup_only else [])
+    elif len(holders) > 1 and not cleanup_only:
+        base = "iptables" if family == 4 else "ip6tables"
+        raise ApplyError(f"IPv{family} rules of ours are in both {base}-legacy and {base}-nft: two captures. "
+                         "Remove both with --cleanup-only, then apply again; nothing was changed")
+    elif holders:
+        chosen = holders
+    elif "legacy" in parsed and parsed["legacy"].has_rules():
+        chosen = ["legacy"]
+    elif "nft" in dumps:
+        chosen = ["nft"]
+    else:
+        chosen = [""]
+    works = []
+    for flavour in chosen:
+        binary = rb.Binary(family, flavour)
+        text = dumps.get(flavour)
+        if text is None:
+            rb.require(binary)
+            text = rb.save(binary)
+        if not quiet:
+            log.info("IPv%d: using %s", family, binary.describe())
+        works.append(FamilyWork(binary, text, plan, resolve, parsed.get(flavour)))
     return works
 
 
 def _refuse_libiptc_on_nft(works: list[FamilyWork]) -> None:
     """python-iptables writes legacy tables only; refuse where iptables-nft holds rules."""
-    from istio_iptables.kernel.netlink import nft_has_tables
-
     for work in works:
-        if nft_has_tables(work.family) is False:
-            continue  # nf_tables is empty here: nothing to hide rules from
         nft = rb.Binary(work.family, "nft")
         try:
-            nft_state = state.parse_save(rb.save(nft))
+            text = rb.dump(nft)
         except rb.IptablesError:
             continue
-        if any(t.rules or t.istio_chains() for t in nft_state.tables.values()):
+        if text and state.parse_save(text).has_rules():
             raise ApplyError(f"--backend libiptc writes iptables-legacy tables, but this namespace's IPv{work.family} "
                              "rules live in iptables-nft; rules written now would be invisible to "
                              f"{nft.save}. Use --backend restore (the default)")
 
 
-def _decide(work: FamilyWork, run: RunOptions) -> None:
-    residue = work.current.has_istio()
+def decide(work: FamilyWork, run: RunOptions) -> None:
+    """What to do with one family: the in-order comparison replaces a kernel-side check."""
+    ours = work.current.has_ours()
     if run.cleanup_only:
-        work.removals = _existing_non_hooks(work)
-        work.action = "clean" if residue or work.removals else "none"
-    elif not residue:
+        prepare_cleanup(work)
+        return
+    if not ours:
         work.action = "apply"
     else:
-        diffs = state.structural_differences(work.plan, work.current)
-        if not diffs and not rb.check(work.binary, state.check_text(work.plan.rules)):
-            diffs = ["a rule differs from the plan"]
+        diffs = work.comparison.differences()
         if diffs:
             work.reason = "; ".join(diffs[:3])
             work.action = "replace" if run.reconcile else "drift"
@@ -135,40 +245,45 @@ def _decide(work: FamilyWork, run: RunOptions) -> None:
             work.action = "replace" if run.force_apply else "in-sync"
             work.reason = "already in place" if work.action == "in-sync" else "--force-apply"
     if work.action == "replace":
-        work.removals = _existing_non_hooks(work)
-    if work.action in ("replace", "clean"):
-        new_rules = iptables_render.restore_text(work.plan) if work.action == "replace" else ""
-        work.text = state.merge_restore(state.cleanup_lines(work.current, work.removals), new_rules)
+        work.non_hooks = work.comparison.non_hooks_present()
+        work.text = state.merge_restore(state.cleanup_lines(work.current, work.non_hooks),
+                                        iptables_render.restore_text(work.plan))
     elif work.action == "apply":
         work.text = iptables_render.restore_text(work.plan)
 
 
-def _existing_non_hooks(work: FamilyWork) -> list[Rule]:
-    """Our rules in built-in chains that are present now (checked by the kernel)."""
-    candidates = state.builtin_non_hooks(work.plan)
-    if not candidates or rb.check(work.binary, state.check_text(candidates)):
-        return candidates
-    return [r for r in candidates if rb.check(work.binary, state.check_text([r]))]
+def prepare_cleanup(work: FamilyWork) -> None:
+    """Remove every hook and chain of ours, and the plan's rules in built-in chains."""
+    work.non_hooks = work.comparison.non_hooks_present()
+    work.action = "clean" if work.current.has_ours() or work.non_hooks else "none"
+    if work.action == "clean":
+        work.text = state.merge_restore(state.cleanup_lines(work.current, work.non_hooks), "")
 
 
-def _write_all(works: list[FamilyWork], plan: Plan, capture: CaptureConfig, run: RunOptions) -> None:
-    written: list[FamilyWork] = []
-    added_routes: list[RouteStep] = []
-    added_address = False
+def iptables_captures(plan: Plan) -> list[FamilyWork]:
+    """Every family and flavour holding chains of ours, prepared for cleanup: what the
+    native nftables mode refuses, replaces (--reconcile) or cleans.  Without iptables
+    binaries there can be no such capture."""
     try:
-        # IPv6 first: it is the family that fails in the field (istio/istio#53147), and failing
-        # before IPv4 is written leaves nothing to roll back.
-        for work in sorted(works, key=lambda w: -w.family):
-            if work.text:
-                written.append(work)
+        works = [w for w in survey(plan, "", True, quiet=True) if w.current.has_ours()]
+    except rb.IptablesError:
+        return []
+    for work in works:
+        prepare_cleanup(work)
+    return works
+
+
+def write_families(works: list[FamilyWork], run: RunOptions, undo: Undo) -> None:
+    """Write every family that has something to write, IPv6 first: it is the family
+    that fails in the field (istio/istio#53147), and failing first leaves nothing to roll back."""
+    for work in sorted(works, key=lambda w: -w.family):
+        if work.text:
+            undo.add(lambda work=work: _roll_back(work))  # type: ignore[misc]
+            try:
                 _write_family(work, run)
-        if run.cleanup_only:
-            cleanup_system_steps(capture)
-            return
-        added_address = add_system_steps(plan, added_routes)
-    except Exception as err:
-        failure = _rollback(written, added_routes, added_address)
-        raise ApplyError(f"{err}; {failure}") from None
+            except rb.IptablesError as err:
+                work.committed = err.committed
+                raise
 
 
 def _write_family(work: FamilyWork, run: RunOptions) -> None:
@@ -179,62 +294,52 @@ def _write_family(work: FamilyWork, run: RunOptions) -> None:
 
     if work.action in ("replace", "clean"):
         hooks = [Rule(t, c, tuple(spec.split())) for t, ts in work.current.tables.items()
-                 for c, spec in ts.jumps_into_istio()]
-        chains = [(t, c) for t, ts in work.current.tables.items() for c in ts.istio_chains()]
-        libiptc.delete_rules(work.family, [*hooks, *work.removals], chains)
+                 for c, spec in ts.hooks()]
+        found = [Rule(t, c, tuple(spec.split())) for t, c, spec in work.non_hooks]
+        chains = [(t, c) for t, ts in work.current.tables.items() for c in ts.our_chains()]
+        libiptc.delete_rules(work.family, [*hooks, *found], chains)
     if work.action in ("replace", "apply"):
         libiptc.apply_rules(work.family, work.plan.chains(), work.plan.rules)
 
 
-def _rollback(written: list[FamilyWork], routes: list[RouteStep], address: bool) -> str:
-    """Put back what this run changed; returns a sentence for the error message."""
-    problems: list[str] = []
-    changed = bool(routes) or address
-    for work in written:
-        if _unchanged(work):
-            continue
-        changed = True
-        try:
-            rb.restore(work.binary, state.snapshot_text(work.before, work.tables), noflush=False,
-                       what="the rollback")
-            _drop_new_nft_tables(work)
-        except rb.IptablesError as err:
-            problems.append(str(err))
-    problems += undo_system_steps(routes, address)
-    if problems:
-        return "ROLLBACK INCOMPLETE: " + "; ".join(problems)
-    if not changed:
-        return "nothing was changed (the namespace is as it was before this run)"
-    return "the namespace was restored to its state before this run"
+def _roll_back(work: FamilyWork) -> bool:
+    """Put our part of this family back as the survey saw it, by inverse operations on
+    what differs now (see state.rollback_text), in the tables this run may have written;
+    returns whether anything had changed."""
+    if work.committed == ():
+        return False  # the restore failed before any commit: nothing of this family was written
+    now = state.parse_save(rb.save(work.binary))
+    text = state.rollback_text(work.plan, work.current, now, work.resolve, work.committed)
+    if text:
+        rb.restore(work.binary, text, what="the rollback")
+    dropped = _drop_created_nft_objects(work) if work.nft_before is not None else False
+    return bool(text) or dropped
 
 
-def _drop_new_nft_tables(work: FamilyWork) -> None:
-    """iptables-nft creates a table on first use and no iptables command deletes one:
-    after the snapshot is back, delete (with nft, when installed) the tables this run
-    created, so that the ruleset is as it was down to the table list."""
-    if work.binary.flavour != "nft" or rb.which("nft") is None:
-        return
-    from istio_iptables.kernel.spawn import run
-
-    family = "ip" if work.family == 4 else "ip6"
-    for table in work.tables:
-        if table not in work.current.tables:
-            run(["nft", "delete", "table", family, table], timeout=30)
-
-
-def _unchanged(work: FamilyWork) -> bool:
-    """Whether the tables this run tried to write still hold what they held before
-    (e.g. the restore was refused outright): then there is nothing to roll back."""
-    try:
-        now = rb.save(work.binary)
-    except rb.IptablesError:
+def _drop_created_nft_objects(work: FamilyWork) -> bool:
+    """iptables-nft creates tables and base chains on first use, and no iptables
+    command deletes them: delete (with nft, when installed) the ones this run created
+    that hold no rule, so `nft list ruleset` is as it was."""
+    assert work.nft_before is not None
+    tables_before, chains_before = work.nft_before
+    tables_now = netlink.nft_tables(netlink.NFPROTO[work.family])
+    chains_now = netlink.nft_chains(work.family)
+    if tables_now is None or chains_now is None or rb.which("nft") is None:
         return False
-    return _comparable(now, work.tables) == _comparable(work.before, work.tables)
+    new_chains = chains_now - chains_before
+    new_tables = set(tables_now) - tables_before
+    if not new_chains and not new_tables:
+        return False
+    saved = state.parse_save(rb.save(work.binary))
+    doomed = {(t, c) for t, c in new_chains
+              if c in BUILTIN_CHAINS_AND_VERDICTS and not saved.table(t).rules_in(c)}
+    family = "ip" if work.family == 4 else "ip6"
+    lines = [f"delete chain {family} {t} {c}" for t, c in sorted(doomed)]
+    lines += [f"delete table {family} {t}" for t in sorted(new_tables)
+              if all((tt, c) in doomed for tt, c in chains_now if tt == t)]
+    if not lines:
+        return False
+    from istio_iptables.kernel.nft import apply_nft
 
-
-def _comparable(save_text: str, tables: list[str]) -> str:
-    """A table subset of a dump without comments and packet counters."""
-    text = state.snapshot_text(save_text, tables)
-    return "\n".join(line.split(" [")[0] if line.startswith(":") else line for line in text.splitlines())
-
-
+    apply_nft("".join(line + "\n" for line in lines))
+    return True

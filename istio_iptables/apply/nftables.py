@@ -1,15 +1,22 @@
 """Istio's native nftables mode, orchestrated: one `nft -f` transaction, then the
-::6 address and TPROXY routes, with the previous tables put back if those fail."""
+::6 address and TPROXY routes, with the previous tables put back if those fail.
+
+One capture per namespace: iptables rules of ours (either family, either flavour) are
+refused, or with --reconcile removed in the same run; --cleanup-only removes both
+modes' rules before the shared routes and ::6 go.
+"""
 
 from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
-from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
-from istio_iptables.kernel.nft import NftError, apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
+from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
+from istio_iptables.apply.undo import Undo
+from istio_iptables.kernel import netlink
+from istio_iptables.kernel.nft import apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
 from istio_iptables.model.config import CaptureConfig, RunOptions
 from istio_iptables.model.hostfacts import HostFacts
-from istio_iptables.model.iptables_plan import Plan, RouteStep
+from istio_iptables.model.iptables_plan import Plan
 from istio_iptables.model.nft_plan import TABLES, cleanup_text, render_nft
 
 
@@ -17,30 +24,57 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
     """Istio's native nftables mode: our three inet tables are deleted and rewritten in
     one `nft -f` transaction, so a re-run (same or other flags) replaces ours and only
     ours; other tables are never touched."""
+    from istio_iptables.apply.iptables import iptables_captures, write_families
+
+    works = iptables_captures(plan)
+    if works and not (run.cleanup_only or run.reconcile):
+        where = ", ".join(f"IPv{w.family} in {w.binary.describe()}" for w in works)
+        raise ApplyError(f"this namespace already holds an iptables capture of ours ({where}); refusing to add "
+                         "a second capture in nftables. Re-run with --reconcile to replace it, or remove it with "
+                         "--cleanup-only (without --native-nftables); nothing was changed")
+    for work in works:
+        log.info("IPv%d: removing the iptables capture via %s", work.family, work.binary.restore)
+    undo = Undo()
     try:
+        write_families(works, run, undo)
         if run.cleanup_only:
-            cleanup_nft()
-        else:
-            before = istio_tables_text()
-            apply_nft(cleanup_text() + render_nft(capture, facts))
-    except NftError as err:
-        raise ApplyError(f"{err}; nft commits all or nothing, so nothing was changed") from None
-    if run.cleanup_only:
-        log.info("removed tables %s", ", ".join(f"inet {t}" for t in TABLES))
-        cleanup_system_steps(capture)
-        return
-    log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
-    added_routes: list[RouteStep] = []
-    try:
-        add_system_steps(plan, added_routes)
+            remove_native(undo)
+            log.info("removed tables %s", ", ".join(f"inet {t}" for t in TABLES))
+            cleanup_system_steps(capture)
+            return
+        before = istio_tables_text()
+        undo.add(lambda: _put_back(before))
+        apply_nft(cleanup_text() + render_nft(capture, facts))
+        log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
+        add_system_steps_undoable(plan, undo)
     except Exception as err:
-        problems: list[str] = []
-        try:
-            apply_nft(cleanup_text() + before)
-        except Exception as undo:
-            problems.append(str(undo))
-        problems += undo_system_steps(added_routes, False)
-        outcome = ("ROLLBACK INCOMPLETE: " + "; ".join(problems)) if problems else \
-            "the namespace was restored to its state before this run"
-        raise ApplyError(f"{err}; {outcome}") from None
+        raise ApplyError(f"{err}; {undo.run()}") from None
     log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
+
+
+def native_tables() -> list[str]:
+    """Istio's native tables present in this namespace (one netlink dump, no process)."""
+    present = netlink.nft_tables(netlink.NFPROTO_INET)
+    if present is None:  # the kernel would not say: ask nft, when it is there
+        from istio_iptables.kernel.iptables_restore import which
+
+        if which("nft") is None:
+            return []
+        text = istio_tables_text()
+        return [t for t in TABLES if f"table inet {t} " in text]
+    return [t for t in TABLES if t in present]
+
+
+def remove_native(undo: Undo) -> None:
+    """Delete Istio's native tables in one transaction; the undo puts them back."""
+    before = istio_tables_text()
+    undo.add(lambda: _put_back(before))
+    cleanup_nft()
+
+
+def _put_back(before: str) -> bool:
+    """Our native tables as they were (nothing else is named); False when unchanged."""
+    if istio_tables_text() == before:
+        return False
+    apply_nft(cleanup_text() + before)
+    return True

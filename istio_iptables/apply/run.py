@@ -42,6 +42,13 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     plan = build_plan(capture, facts)
     log.info("host: ipv6=%s nameservers=%s", facts.ipv6, list(facts.nameservers_v4 + facts.nameservers_v6))
     if not run.skip_rule_apply or run.cleanup_only:
+        from istio_iptables.kernel import nslock
+
+        try:
+            lock = nslock.acquire()  # from the survey to the last write; see kernel/nslock.py
+        except (nslock.LockTimeout, OSError) as err:
+            log.error("%s", err)
+            return EXIT_FAILED
         try:
             if run.native_nftables:
                 from istio_iptables.apply.nftables import execute_native
@@ -57,6 +64,8 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
         except Exception as err:  # an init container must say why it failed, not dump a traceback
             log.error("unexpected %s: %s", type(err).__name__, err)
             return EXIT_FAILED
+        finally:
+            lock.release()
     log.info("done in %.0f ms", (time.monotonic() - started) * 1000)
     if run.run_validation and not run.cleanup_only:
         from istio_iptables.apply.validation import validate

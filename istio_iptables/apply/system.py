@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import netlink
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUND_PASSTHROUGH_ADDRESS
@@ -30,6 +31,22 @@ def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
                 netlink.delete_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
             raise
     return added_address
+
+
+def add_system_steps_undoable(plan: Plan, undo: Undo) -> None:
+    """add_system_steps, with its inverse registered first: it removes exactly the
+    routes and the address this run added."""
+    added_routes: list[RouteStep] = []
+    added_address = [False]
+
+    def inverse() -> bool:
+        problems = undo_system_steps(added_routes, added_address[0])
+        if problems:
+            raise ApplyError("; ".join(problems))
+        return bool(added_routes) or added_address[0]
+
+    undo.add(inverse)
+    added_address[0] = add_system_steps(plan, added_routes)
 
 
 def undo_system_steps(routes: list[RouteStep], address: bool) -> list[str]:

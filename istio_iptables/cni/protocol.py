@@ -14,7 +14,6 @@ Facts from the CNI specification (SPEC.md 0.4.0, 1.0.0, 1.1.0):
   codes 0-99 are the spec's, 100+ the plugin's own.
 """
 
-from __future__ import annotations
 
 import json
 from collections.abc import Mapping

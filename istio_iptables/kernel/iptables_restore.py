@@ -1,10 +1,10 @@
 """The iptables-restore backend: one `iptables-restore --noflush` per family, with
 Istio's choice between iptables-legacy and iptables-nft.
 
-Detection follows Istio's order (forced binary; else legacy when it already holds
-rules; else nft when it works; else plain `iptables`) but reads the cheap signals first:
-whether legacy tables exist in this namespace is in /proc/net/ip_tables_names, so the
-common fresh-pod case costs no extra process.
+The choice of flavour is made by the iptables mode (apply/iptables.py) from the dumps
+read here; `dump` reads the cheap signals first: whether legacy tables exist in this
+namespace is in /proc/net/ip_tables_names, and a netlink probe says whether nf_tables
+holds any table, so the common fresh-pod case costs no extra process.
 """
 
 import os
@@ -22,7 +22,12 @@ RESTORE_TIMEOUT = 60
 
 class IptablesError(RuntimeError):
     """An iptables binary failed; the message names the binary, the table and the
-    kernel's words."""
+    kernel's words.  `committed`: for a failed restore, the tables that were committed
+    before the failure (None: unknown, any of them may have been)."""
+
+    def __init__(self, message: str, committed: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.committed = committed
 
 
 class Binary(NamedTuple):
@@ -81,30 +86,27 @@ def legacy_has_tables(family: int) -> bool:
         return False
 
 
-def detect(family: int, forced: str) -> tuple[Binary, str]:
-    """Pick the binary for one family, as Istio does, and return it with its current
-    `-save` text: the one dump serves detection, the re-run check and the rollback."""
-    if forced:
-        binary = Binary(family, forced)
-        _require(binary)
-        return binary, save(binary)
-    legacy = Binary(family, "legacy")
-    if legacy_has_tables(family) and which(legacy.save):
-        return legacy, save(legacy)
-    nft = Binary(family, "nft")
-    if which(nft.save):
-        if nft_has_tables(family) is False:
-            return nft, ""  # nothing in nf_tables yet: the dump would be empty
-        done = _run([nft.save])
-        if done.returncode == 0:
-            return nft, done.stdout
-        log.info("%s does not work here (%s); falling back", nft.save, done.stderr.strip())
-    plain = Binary(family, "")
-    _require(plain)
-    return plain, save(plain)
+def dump(binary: Binary) -> str | None:
+    """The flavour's current `-save` text, read as cheaply as the kernel allows: empty
+    without a process when /proc (legacy) or a netlink probe (nft) shows no table;
+    None when this flavour is not installed or does not work here (nft-save fails
+    where the kernel lacks nf_tables)."""
+    if which(binary.save) is None:
+        return None
+    if binary.is_legacy and not legacy_has_tables(binary.family):
+        return ""
+    if binary.flavour == "nft" and nft_has_tables(binary.family) is False:
+        return ""
+    done = _run([binary.save])
+    if done.returncode != 0:
+        if binary.flavour:
+            log.info("%s does not work here (%s)", binary.save, " ".join(done.stderr.split()))
+            return None
+        raise IptablesError(f"{binary.save} failed: {' '.join(done.stderr.split())}{_hint(done.stderr)}")
+    return done.stdout
 
 
-def _require(binary: Binary) -> None:
+def require(binary: Binary) -> None:
     if which(binary.restore) is None:
         raise IptablesError(f"{binary.restore} not found: install iptables (legacy and nft binaries)")
 
@@ -138,17 +140,27 @@ def restore(binary: Binary, text: str, *, noflush: bool = True, what: str = "rul
         argv.append("--wait")
     done = _run(argv, text)
     if done.returncode != 0:
-        raise IptablesError(_explain(binary.restore, text, done.stderr, what))
+        raise IptablesError(_explain(binary.restore, text, done.stderr, what), _committed(binary, text, done.stderr))
 
 
-def check(binary: Binary, text: str) -> bool:
-    """Whether every `-C` line in `text` matches an existing rule.  Legacy checks under
-    --test (nothing is committed); nft skips checks under --test, so it runs them
-    for real: a transaction holding only checks changes nothing."""
-    if not text:
-        return True
-    argv = [binary.restore, "--noflush"] + (["--test", "--wait"] if binary.is_legacy else [])
-    return _run(argv, text).returncode == 0
+def _committed(binary: Binary, text: str, stderr: str) -> tuple[str, ...] | None:
+    """Which tables a failed restore committed.  iptables-nft-restore sends the whole
+    input as one nf_tables transaction: none.  iptables-legacy-restore commits each
+    table at its COMMIT line: those before the line it names (unknown without one)."""
+    if binary.flavour == "nft":
+        return ()
+    match = _LINE_FAILED.search(stderr)
+    if match is None:
+        return None
+    failed, table, done = int(match.group(1)), "", []
+    for number, line in enumerate(text.splitlines(), 1):
+        if number >= failed:
+            break
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line == "COMMIT":
+            done.append(table)
+    return tuple(done)
 
 
 def _explain(program: str, text: str, stderr: str, what: str) -> str:

@@ -132,34 +132,64 @@ def delete_ipv6_address(address: str, prefixlen: int = 128, device: str = "lo") 
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETTABLE = 1
 NFT_MSG_NEWTABLE = 0
+NFT_MSG_GETTABLE = 1
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_GETCHAIN = 4
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE = 1
+NFTA_CHAIN_NAME = 3
 NFPROTO = {4: 2, 6: 10}
+NFPROTO_INET = 1
 
 
-def nft_has_tables(family: int) -> bool | None:
-    """Whether nf_tables holds any table of this IP family in this namespace; None when
-    the kernel will not say (no nf_tables, no privilege).  In a fresh pod the answer is
-    no, and the `iptables-nft-save` process that would print nothing can be skipped."""
-    msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
-    request = struct.pack("=IHHII", 20, msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    request += struct.pack("=BBH", NFPROTO[family], 0, 0)
+def _nft_dump(nfproto: int, get: int, new: int, keys: tuple[int, ...]) -> list[tuple[str, ...]] | None:
+    """One nf_tables dump (tables or chains of a protocol family): the string attributes
+    `keys` of every object; None when the kernel will not say (no nf_tables, no privilege)."""
+    request = struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    request += struct.pack("=BBH", nfproto, 0, 0)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     except OSError:
         return None
+    found: list[tuple[str, ...]] = []
     try:
         sock.bind((0, 0))
         sock.send(request)
         while True:
             for kind, payload in _messages(sock.recv(65536)):
                 if kind == NLMSG_ERROR:
-                    return None if struct.unpack_from("=i", payload, 0)[0] else False
+                    return None if struct.unpack_from("=i", payload, 0)[0] else found
                 if kind == NLMSG_DONE:
-                    return False
-                if kind & 0xFF == NFT_MSG_NEWTABLE:
-                    return True
+                    return found
+                if kind & 0xFF == new:
+                    attrs = _attrs(payload, 4)
+                    found.append(tuple(attrs.get(k, b"").rstrip(b"\0").decode("ascii", "replace") for k in keys))
     except OSError:
         return None
     finally:
         sock.close()
+
+
+def nft_tables(nfproto: int) -> list[str] | None:
+    """Names of the nf_tables tables of one protocol family (NFPROTO_INET for Istio's
+    native tables); None when the kernel will not say."""
+    found = _nft_dump(nfproto, NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, (NFTA_TABLE_NAME,))
+    return None if found is None else [name for (name,) in found]
+
+
+def nft_chains(family: int) -> set[tuple[str, str]] | None:
+    """(table, chain) of every nf_tables chain of an IP family (what iptables-nft made),
+    including empty base chains that iptables-nft-save does not tell apart; None when
+    the kernel will not say.  A failed run compares this with the survey's answer to
+    delete exactly the chains and tables it created."""
+    found = _nft_dump(NFPROTO[family], NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, (NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME))
+    return None if found is None else {(table, chain) for table, chain in found}
+
+
+def nft_has_tables(family: int) -> bool | None:
+    """Whether nf_tables holds any table of this IP family in this namespace; None when
+    the kernel will not say (no nf_tables, no privilege).  In a fresh pod the answer is
+    no, and the `iptables-nft-save` process that would print nothing can be skipped."""
+    tables = nft_tables(NFPROTO[family])
+    return None if tables is None else bool(tables)

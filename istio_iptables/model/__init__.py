@@ -2,10 +2,10 @@
 
 config (parse + validate into frozen NamedTuples) → iptables_plan / nft_plan (ordered
 rules per family and table) → iptables_render (restore text, commands, JSON) and
-iptables_state (parse `-save`, compare with a plan, write cleanup text).  constants
-holds the values Istio fixes (defaults, chain names, marks, addresses) that several
-modules write.  hostfacts holds the two facts a plan depends on (IPv6 on/off,
-nameservers); its `gather` is the one function here that asks the kernel, through
-kernel.netlink, imported inside the function.  Nothing in this package may import from
-apply/, cli/ or kernel/ otherwise (tests/test_layout.py checks it).
+iptables_state (parse `-save`, compare it in order with a plan, write cleanup and
+rollback text).  constants holds the values Istio fixes (defaults, chain names, marks,
+addresses) that several modules write.  hostfacts holds the two facts a plan depends
+on (IPv6 on/off, nameservers); its `gather` is the one function here that asks the
+kernel, through kernel.netlink, imported inside the function.  Nothing in this package
+may import from apply/, cli/ or kernel/ otherwise (tests/test_layout.py checks it).
 """
