@@ -87,6 +87,8 @@ def detect(family: int, forced: str) -> tuple[Binary, str]:
     if forced:
         binary = Binary(family, forced)
         _require(binary)
+        if binary.is_legacy and not legacy_has_tables(family):
+            return binary, ""  # no legacy table in this namespace: the dump would be empty
         return binary, save(binary)
     legacy = Binary(family, "legacy")
     if legacy_has_tables(family) and which(legacy.save):
