@@ -28,6 +28,10 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     started = time.monotonic()
     if not run.skip_rule_apply or run.cleanup_only or run.run_validation:
         _check_owners_resolve(capture)  # bad input: one line, before anything is logged or touched
+    need_dns = capture.redirect_dns and not capture.capture_all_dns
+    # resolv.conf is a file of this mount namespace, not of the network namespace: read
+    # (and refused, if it is not a readable regular file) before anything is entered or logged.
+    nameservers = hostfacts.read_nameservers(run.resolv_conf) if need_dns else None
     if run.network_namespace:
         from istio_iptables.kernel.netns import NetnsError, enter
 
@@ -38,8 +42,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
                 raise ConfigError("--network-namespace", run.network_namespace, str(err)) from None
             log.error("%s", err)
             return EXIT_FAILED
-    need_dns = capture.redirect_dns and not capture.capture_all_dns
-    facts = hostfacts.gather(run.ipv6, capture.dual_stack, need_dns, run.resolv_conf)
+    facts = hostfacts.gather(run.ipv6, capture.dual_stack, need_dns, run.resolv_conf, nameservers)
     plan = build_plan(capture, facts)
     log.info("host: ipv6=%s nameservers=%s", facts.ipv6, list(facts.nameservers_v4 + facts.nameservers_v6))
     if not run.skip_rule_apply or run.cleanup_only:

@@ -114,11 +114,15 @@ def default_proxy_uid(envoy_user: str | None) -> str:
         return DEFAULT_PROXY_UID
 
 
-def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str) -> HostFacts:
+def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str,
+           nameservers: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> HostFacts:
     """Collect the facts: `ipv6` is 'auto', 'on' or 'off'; nameservers only when DNS
-    capture needs them (Istio does not read resolv.conf otherwise)."""
+    capture needs them (Istio does not read resolv.conf otherwise), unless already
+    read (`nameservers`, as read_nameservers returns them)."""
     enable_v6 = detect_ipv6(dual_stack) if ipv6 == "auto" else ipv6 == "on"
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    if need_dns:
+    if nameservers is not None:
+        servers = nameservers
+    elif need_dns:
         servers = read_nameservers(resolv_conf)
     return HostFacts(ipv6=enable_v6, nameservers_v4=servers[0], nameservers_v6=servers[1])
