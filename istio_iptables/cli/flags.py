@@ -312,7 +312,10 @@ def wants_json_logs(argv: Sequence[str], env: Mapping[str, str]) -> bool:
             nxt = argv[index + 1] if index + 1 < len(argv) else ""
             fmt = (value if eq else nxt).strip().lower()
         elif name == "--log_as_json":
-            fmt = "json" if not eq or value.strip() in c.TRUE_WORDS else "text"
+            if not eq or value.strip() in c.TRUE_WORDS:
+                fmt = "json"
+            elif value.strip() in c.FALSE_WORDS or not value.strip():
+                fmt = "text"  # (a value that is neither leaves the format as it was)
     return fmt == "json"
 
 

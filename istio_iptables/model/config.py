@@ -28,7 +28,7 @@ _RESERVED_ROUTE_TABLES = frozenset({0, 253, 254, 255})
 _DURATION_PATTERN = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 TRUE_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True"})
-_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+FALSE_WORDS = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 MAX_OWNER_GROUPS_INCLUDE = 64
 
 
@@ -253,7 +253,7 @@ def parse_bool(flag: str, raw: str) -> bool:
     text = raw.strip()
     if text in TRUE_WORDS:
         return True
-    if text in _FALSE or text == "":
+    if text in FALSE_WORDS or text == "":
         return False
     raise ConfigError(flag, raw, "expected true or false")
 
