@@ -13,7 +13,7 @@ ip6_tables``; libraries are located with ``find_library`` (``ldconfig -p``, ``gc
 
 * ``prepare_environment`` sets ``XTABLES_LIBDIR``, ``IPTABLES_LIBDIR`` and
   ``PYTHON_IPTABLES_XTABLES_VERSION`` where unset (directory listings, no process);
-* while python-iptables' modules execute, ``ctypes.util``, ``subprocess``,
+* while python-iptables' modules execute, ``ctypes.util``, ``subprocess``, ``shlex``,
   ``sysconfig`` and ``distutils.sysconfig`` are small stand-ins in ``sys.modules``
   (the real modules load on first real use; nothing is replaced once a real one is
   loaded), and ``socket`` is the ``_socket`` it wraps (every name iptc uses is there);
@@ -51,8 +51,17 @@ def _multiarch() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_LIBRARY_DIRS: list[str] = []
+
+
 def _library_dirs() -> list[str]:
     """Directories that may hold libxtables and friends, most specific first."""
+    if not _LIBRARY_DIRS:
+        _LIBRARY_DIRS.extend(_find_library_dirs())
+    return list(_LIBRARY_DIRS)
+
+
+def _find_library_dirs() -> list[str]:
     dirs: list[str] = []
     arch = _multiarch()
     if arch:
@@ -227,6 +236,9 @@ def _stand_ins() -> dict[str, Any]:
     def find_library(name: str) -> Any:
         return _real("ctypes.util").find_library(name)
 
+    def split(text: str, comments: bool = False, posix: bool = True) -> Any:
+        return _real("shlex").split(text, comments, posix)
+
     import _socket
 
     return {
@@ -234,6 +246,7 @@ def _stand_ins() -> dict[str, Any]:
         "subprocess": _lazy_module("subprocess", Popen=popen, PIPE=-1, __stand_in__=True),
         "sysconfig": _lazy_module("sysconfig", get_config_var=get_config_var, get_path=get_path,
                                   __stand_in__=True),
+        "shlex": _lazy_module("shlex", split=split, __stand_in__=True),  # only save() output is split
         "distutils.sysconfig": None,  # iptc.util falls back to sysconfig on ModuleNotFoundError
         "socket": _socket,
     }
@@ -315,6 +328,16 @@ def _trim_per_rule_work(module_cls: Any) -> None:
     module_cls._istio_trimmed = True
 
 
+def _short_dir(header: Any) -> None:
+    """python-iptables builds every Target by scanning ``dir()`` of the rule's IP header
+    struct for its ``*_F_GOTO`` constant (about 7% of the per-rule instructions); that
+    scan is the only use of ``dir()`` on these structs, so it is given just that name."""
+    if header is None or "__dir__" in vars(header):
+        return
+    names = [name for name in dir(header) if name.endswith("_F_GOTO")]
+    header.__dir__ = lambda self: list(names)
+
+
 _LOADED: dict[int, types.SimpleNamespace] = {}
 
 
@@ -347,6 +370,8 @@ def load_iptc(family: int) -> types.SimpleNamespace:
     except Exception as exc:  # XTablesError, OSError, AttributeError from ctypes
         raise LibiptcError(f"cannot load python-iptables (libiptc/libxtables): {exc}") from exc
     _trim_per_rule_work(ip4.IPTCModule)
+    for header in (ip4.ipt_ip, getattr(ip6, "ip6t_ip6", None)):
+        _short_dir(header)
     xtables = sys.modules["iptc.xtables"]
     loaded = types.SimpleNamespace(Table=ip4.Table, Chain=ip4.Chain, Rule=ip4.Rule, Match=ip4.Match,
                                    IPTCError=ip4.IPTCError, xtables=xtables,

@@ -81,16 +81,20 @@ def _apply_here(family: int, chains: Sequence[tuple[str, str]], rules: Sequence[
                         "nothing was written",
                         table=table_name, chain=chain_name,
                     ) from exc
+            # The chain set no longer changes: one lookup per chain, not per rule.
+            chain_objects: dict[tuple[str, str], Any] = {}
             for planned in rules:
                 table = tables.get(planned.table)
                 done = work.setdefault(planned.table, _TableWork())
                 try:
-                    if not table.is_chain(planned.chain):
-                        raise ConvertError(f"chain {planned.chain} does not exist")
+                    chain = chain_objects.get((planned.table, planned.chain))
+                    if chain is None:
+                        if not table.is_chain(planned.chain):
+                            raise ConvertError(f"chain {planned.chain} does not exist")
+                        chain = chain_objects[planned.table, planned.chain] = iptc.Chain(table, planned.chain)
                     if planned.position is not None and planned.position < 1:
                         raise ConvertError(f"position must be 1 or more, not {planned.position}")
                     rule = convert(iptc, family, table, tables.rule_cls, planned.params)
-                    chain = iptc.Chain(table, planned.chain)
                     if planned.position is None:
                         chain.append_rule(rule)
                     else:
