@@ -22,9 +22,9 @@ _IFACE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$|^[A-Za-z0-9_][A-Za-z0-9_.
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$"
 # Route tables 0 (unspec) and 253-255 (default, main, local) belong to the kernel.
 _RESERVED_ROUTE_TABLES = frozenset({0, 253, 254, 255})
-# ASCII digits only (re.ASCII where compiled): Go's strconv and time.ParseDuration
-# read nothing else, while Python's int(), float() and str.isdigit() also take
-# '²', '٣', '1_000', 'nan' and 'inf'.
+# ASCII digits only ([0-9], not \d): Go's strconv and time.ParseDuration read nothing
+# else, while Python's \d, int(), float() and str.isdigit() also take '²', '٣',
+# '1_000', 'nan' and 'inf'.
 _DURATION_PATTERN = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 TRUE_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True"})
