@@ -12,7 +12,7 @@ ip6_tables``; libraries are located with ``find_library`` (``ldconfig -p``, ``gc
 :func:`load_iptc` imports the same code without any of that:
 
 * ``prepare_environment`` sets ``XTABLES_LIBDIR``, ``IPTABLES_LIBDIR`` and
-  ``PYTHON_IPTABLES_XTABLES_VERSION`` where unset (directory listings, no process);
+  ``PYTHON_IPTABLES_XTABLES_VERSION`` where unset (a few stat calls, no process);
 * while python-iptables' modules execute, ``ctypes.util``, ``subprocess``, ``shlex``,
   ``sysconfig`` and ``distutils.sysconfig`` are small stand-ins in ``sys.modules``
   (the real modules load on first real use; nothing is replaced once a real one is
@@ -23,7 +23,13 @@ ip6_tables``; libraries are located with ``find_library`` (``ldconfig -p``, ``gc
 * the ``iptc`` package is set up without running its ``__init__``: only
   ``iptc.ip4tc`` (and ``iptc.ip6tc`` for IPv6) are imported.
 
-Everything that is patched is put back before :func:`load_iptc` returns.
+* two per-rule costs of python-iptables are cut (see :func:`_trim_per_rule_work` and
+  :func:`_short_dir`).
+
+The stand-ins leave ``sys.modules`` before :func:`load_iptc` returns.  The replaced
+python-iptables functions (util's finders and load_kernel, two IPTCModule methods, the
+IP header structs' ``__dir__``) stay replaced in this process, which is normally the
+backend's short-lived worker.  bench/instructions.py measures what all this saves.
 """
 
 from __future__ import annotations
