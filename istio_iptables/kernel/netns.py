@@ -40,6 +40,8 @@ def open_netns(spec: str) -> tuple[str, int]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as err:
         raise NetnsError(f"cannot open network namespace {path!r}: {err.strerror}") from None
+    except ValueError:  # a path the file system cannot encode
+        raise NetnsError(f"{path!r} is not a network namespace file", bad_input=True) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NetnsError(f"{path!r} is not a network namespace file", bad_input=True)
