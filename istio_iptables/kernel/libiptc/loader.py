@@ -186,17 +186,15 @@ class _Finder:
                 if os.path.exists(os.path.join(d, name)):
                     return os.path.join(d, name), int(major) if major.isdigit() else 0
             return None
-        hit = find_soname(name, self.dirs, self.listings)
-        if hit is not None:
-            return hit
-        from importlib.machinery import EXTENSION_SUFFIXES
+        if name not in _KNOWN_MAJORS:
+            from importlib.machinery import EXTENSION_SUFFIXES
 
-        for d in self.dirs:  # python extension-style names: libxtwrapper.cpython-311-....so
-            for suffix in EXTENSION_SUFFIXES:
-                path = os.path.join(d, f"lib{name}{suffix}")
-                if os.path.exists(path):
-                    return path, 0
-        return None
+            for d in self.dirs:  # python extension-style names: libxtwrapper.cpython-311-....so
+                for suffix in EXTENSION_SUFFIXES:
+                    path = os.path.join(d, f"lib{name}{suffix}")
+                    if os.path.exists(path):
+                        return path, 0
+        return find_soname(name, self.dirs, self.listings)
 
     def find_library(self, *names: str) -> tuple[Any, int | None]:
         for name in names:
@@ -316,11 +314,14 @@ def _trim_per_rule_work(module_cls: Any) -> None:
     names: dict[type, frozenset[str]] = {}
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
+        if name[:1] == "_":  # python-iptables' own state: most assignments
+            object.__setattr__(self, name, value)
+            return
         cls = type(self)
         known = names.get(cls)
         if known is None:
             known = names[cls] = frozenset(dir(cls))
-        if not name.startswith("_") and name not in known and name not in self.__dict__:
+        if name not in known and name not in self.__dict__:
             self.parse(name.replace("_", "-"), value)
         else:
             object.__setattr__(self, name, value)
