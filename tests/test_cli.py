@@ -115,6 +115,81 @@ def test_bad_values_give_one_line_naming_flag_and_value(capsys: pytest.CaptureFi
     assert repr(value) in line
 
 
+@pytest.mark.parametrize(("args", "flag", "value"), [
+    (["-p", "\u00b2"], "-p/--envoy-port", "\u00b2"),                  # superscript two: int() raised
+    (["-p", "\u0663"], "-p/--envoy-port", "\u0663"),                  # Arabic-Indic three: read as 3
+    (["-z", "1\u0665006"], "-z/--inbound-capture-port", "1\u0665006"),
+    (["-u", "\u0663"], "-u/--proxy-uid", "\u0663"),
+    (["-g", "\uff11\uff13\uff13\uff17"], "-g/--proxy-gid", "\uff11\uff13\uff13\uff17"),  # fullwidth 1337
+    (["-t", "\u0663"], "-t/--istio-inbound-tproxy-mark", "\u0663"),
+    (["-t", "1_337"], "-t/--istio-inbound-tproxy-mark", "1_337"),       # Go's strconv: no underscores
+    (["-r", "\u0661\u0663\u0663"], "-r/--istio-inbound-tproxy-route-table", "\u0661\u0663\u0663"),
+    (["-b", "8\u0660"], "-b/--istio-inbound-ports", "8\u0660"),
+    (["-i", "10.0.0.0/\u0668"], "-i/--istio-service-cidr", "10.0.0.0/\u0668"),
+    (["--iptables-probe-port", "\u0663"], "--iptables-probe-port", "\u0663"),
+    (["--probe-timeout", "nan"], "--probe-timeout", "nan"),
+    (["--probe-timeout", "inf"], "--probe-timeout", "inf"),
+    (["--probe-timeout", "\u0665s"], "--probe-timeout", "\u0665s"),
+    (["--probe-timeout", "1e3"], "--probe-timeout", "1e3"),
+    (["-u", ","], "-u/--proxy-uid", ","),                                # printed `--uid-owner  -j`
+    (["-g", " , "], "-g/--proxy-gid", " , "),
+])
+def test_numbers_are_ascii_digits_and_lists_not_empty(capsys: pytest.CaptureFixture[str], args: list[str],
+                                                      flag: str, value: str) -> None:
+    line = error_of(capsys, *args)
+    assert flag in line
+    assert repr(value) in line
+    assert "Traceback" not in line
+
+
+def test_an_explicit_false_flag_beats_the_environment(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DROP_INVALID", "true")
+    assert any("INVALID" in r for r in dry(capsys))
+    assert not any("INVALID" in r for r in dry(capsys, "--drop-invalid=false"))
+    monkeypatch.setenv("DROP_INVALID", "false")
+    assert any("INVALID" in r for r in dry(capsys, "--drop-invalid=true"))
+    monkeypatch.setenv("DUAL_STACK", "true")
+    monkeypatch.setenv("REDIRECT_DNS", "1")
+    assert dry(capsys, "--dual-stack=false", "--redirect-dns=false", "--capture-all-dns") == \
+        dry(capsys, "--capture-all-dns", "--dual-stack=0", "--redirect-dns=F")
+
+
+@pytest.mark.parametrize("how", [["--log-format", "json"], ["--log-format=json"], ["--log_as_json"],
+                                 ["--log_as_json=true"], "env"])
+@pytest.mark.parametrize("bad", [["-p", "x"], ["--no-such-flag"], ["-p"], ["-u", ","], ["purge"],
+                                 ["--log_as_json=maybe"], ["--log-format", "json", "--log-format", "xml"]])
+def test_usage_errors_are_one_json_object_under_json_logging(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             how: list[str] | str, bad: list[str]) -> None:
+    if how == "env":
+        monkeypatch.setenv("ISTIO_IPTABLES_LOG_FORMAT", "json")
+        args = bad
+    else:
+        assert isinstance(how, list)
+        args = [*how, *bad]
+    if bad[-2:] == ["--log-format", "xml"]:
+        args = bad  # the last --log-format wins: JSON was asked for, then an unknown format
+    status = main(["--dry-run", "--ipv6", "off", *args])
+    assert status == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    if bad[-2:] != ["--log-format", "xml"]:
+        record = json.loads(lines[0])
+        assert record["level"] == "error" and "error" in record["msg"]
+
+
+def test_resolv_conf_lines_that_do_not_decode_are_skipped(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: pytest.TempPathFactory) -> None:
+    resolv = tmp_path / "resolv.conf"  # type: ignore[operator]
+    resolv.write_bytes(b"nameserver 10.96.0.10\n# \xe9\xff\nnameserver \xff10.0.0.1\nnameserver 10.96.0.11\x00\n"
+                       b"nameserver 10.96.0.12\n")
+    rules = dry(capsys, *STANDARD, "--redirect-dns", "--resolv-conf", str(resolv))
+    dns = [r for r in rules if "--dport 53" in r and " -d " in r]
+    assert any("10.96.0.10/32" in r for r in dns) and any("10.96.0.12/32" in r for r in dns)
+    assert not any("10.0.0.1/" in r or "10.96.0.11" in r for r in dns)
+
+
 def test_bad_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.1/32")
@@ -159,30 +234,35 @@ def test_help_mentions_the_t_flag_change_and_console_script_works() -> None:
 
 _VALUE = st.one_of(
     st.text(alphabet=string.printable, max_size=20),
+    st.text(max_size=20),  # all of Unicode: other digits, separators, surrogates, NUL
+    st.builds(lambda a, b: a + b, st.sampled_from(["1", "15", "10.0.0.0/", "eth", "0x"]),
+              st.text(st.characters(categories=["Nd", "No", "Zs", "Cc"]), min_size=1, max_size=3)),
     st.sampled_from(["*", "", ",", "1,2,", "0", "65536", "10.0.0.0/8", "::/0", "fe80::1/64", "eth0", "REDIRECT",
                      "TPROXY", "true", "1337", "x" * 40]),
 )
 _FLAGS = ["-p", "-z", "-e", "-u", "-g", "-m", "-t", "-r", "-b", "-d", "-c", "-i", "-x", "-q", "-o", "-k",
           "--probe-timeout", "--iptables-probe-port", "--force-iptables-binary", "--output", "--ipv6",
           "--backend", "--log-format", "--resolv-conf", "--network-namespace", "--redirect-dns=",
-          "--dual-stack=", "--native-nftables="]
+          "--dual-stack=", "--native-nftables=", "--drop-invalid=", "--log_as_json="]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(_FLAGS), _VALUE), max_size=6))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(_FLAGS), _VALUE), max_size=6), st.booleans())
 def test_random_flag_values_exit_0_or_2_with_one_line(capsys: pytest.CaptureFixture[str],
-                                                      pairs: list[tuple[str, str]]) -> None:
-    argv = ["--dry-run", "--ipv6", "on"]
+                                                      pairs: list[tuple[str, str]], as_json: bool) -> None:
+    argv = ["--dry-run", "--ipv6", "on"] + (["--log_as_json"] if as_json else [])
     for flag, value in pairs:
         argv += [flag + value] if flag.endswith("=") else [flag, value]
+    json_logs = as_json and not any(flag in ("--log-format", "--log_as_json=") for flag, _ in pairs)
     status = main(argv)
     captured = capsys.readouterr()
     assert status in (0, 2)
+    assert "Traceback" not in captured.err
     if status == 2:
         assert len(captured.err.splitlines()) == 1, captured.err
-        assert "Traceback" not in captured.err
-    else:
-        assert captured.err == "" or "Traceback" not in captured.err
+    if json_logs:
+        for line in captured.err.splitlines():  # under JSON logging every line is one JSON object
+            assert isinstance(json.loads(line), dict), line
 
 
 def test_istio_injector_arguments_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
 from istio_iptables.kernel import iptables_restore
 from istio_iptables.model import hostfacts
-from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions
+from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions, is_number
 from istio_iptables.model.constants import IPV4_INBOUND_PASSTHROUGH_ADDRESS
 from istio_iptables.model.iptables_plan import build_plan
 
@@ -27,18 +27,23 @@ EXIT_VALIDATION = 126
 def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     """Apply (or clean up) and optionally validate; returns the exit status."""
     started = time.monotonic()
-    if not run.skip_rule_apply or run.cleanup_only:
+    if not run.skip_rule_apply or run.cleanup_only or run.run_validation:
         _check_owners_resolve(capture)  # bad input: one line, before anything is logged or touched
+    need_dns = capture.redirect_dns and not capture.capture_all_dns
+    # resolv.conf is a file of this mount namespace, not of the network namespace: read
+    # (and refused, if it is not a readable regular file) before anything is entered or logged.
+    nameservers = hostfacts.read_nameservers(run.resolv_conf) if need_dns else None
     if run.network_namespace:
         from istio_iptables.kernel.netns import NetnsError, enter
 
         try:
             log.info("entering network namespace %s", enter(run.network_namespace))
         except NetnsError as err:
+            if err.bad_input:  # not a namespace file: a usage error, exit 2, nothing touched
+                raise ConfigError("--network-namespace", run.network_namespace, str(err)) from None
             log.error("%s", err)
             return EXIT_FAILED
-    need_dns = capture.redirect_dns and not capture.capture_all_dns
-    facts = hostfacts.gather(run.ipv6, capture.dual_stack, need_dns, run.resolv_conf)
+    facts = hostfacts.gather(run.ipv6, capture.dual_stack, need_dns, run.resolv_conf, nameservers)
     plan = build_plan(capture, facts)
     log.info("host: ipv6=%s nameservers=%s", facts.ipv6, list(facts.nameservers_v4 + facts.nameservers_v6))
     if not run.skip_rule_apply or run.cleanup_only:
@@ -81,13 +86,13 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
 def _check_owners_resolve(capture: CaptureConfig) -> None:
     """Names in -u/-g/owner groups must exist here, or iptables fails half-way."""
     for uid in capture.proxy_uids:
-        if not uid.isdigit():
+        if not is_number(uid):
             try:
                 pwd.getpwnam(uid)
             except KeyError:
                 raise ConfigError("-u/--proxy-uid", uid, "no such user in this container") from None
     for gid in (*capture.proxy_gids, *capture.owner_groups.values):
-        if not gid.isdigit():
+        if not is_number(gid):
             try:
                 grp.getgrnam(gid)
             except KeyError:

@@ -138,8 +138,8 @@ class _Raw:
         for opt in OPTIONS:
             label = f"{opt.short}/{opt.long}" if opt.short else opt.long
             value = given.get(opt.dest)
-            if value is not None and value is not False:
-                self.values[opt.dest] = "true" if value is True else str(value)
+            if value is not None:  # False: a Go-style --flag=false, given explicitly: it beats the env
+                self.values[opt.dest] = "true" if value is True else "false" if value is False else str(value)
                 self.sources[opt.dest] = label
                 continue
             env_name = next((e for e in opt.envs if e in env), None)
@@ -175,8 +175,13 @@ class _Raw:
 def build_capture(raw: _Raw, default_uid: str) -> CaptureConfig:
     """Validate every rule-shaping value into a CaptureConfig."""
     f = raw.flag
-    uids = c.parse_owner_list(f("proxy_uid"), raw["proxy_uid"]) or (default_uid,)
-    gids = c.parse_owner_list(f("proxy_gid"), raw["proxy_gid"]) or uids
+    owners = {}
+    for dest in ("proxy_uid", "proxy_gid"):
+        owners[dest] = c.parse_owner_list(f(dest), raw[dest])
+        if not owners[dest] and raw[dest].strip():  # "," alone: a list of nothing, not the default
+            raise ConfigError(f(dest), raw[dest], "expected at least one uid/gid or name")
+    uids = owners["proxy_uid"] or (default_uid,)
+    gids = owners["proxy_gid"] or uids
     inbound_all, inbound_ports = c.parse_port_list(f("inbound_ports"), raw["inbound_ports"], allow_wildcard=True)
     cfg = CaptureConfig(
         proxy_port=raw.port("envoy_port"),
@@ -257,12 +262,19 @@ def add_options(func: Any) -> Any:
         decls = [opt.long] + ([opt.short] if opt.short else [])
         env_note = " [env: " + ", ".join(opt.envs) + "]" if opt.envs else ""
         if opt.is_flag:
+            # --no-X is where normalize_argv puts a Go-style --X=false: an explicit false
+            # must beat the environment, as in Istio.
+            decls[0] = f"{opt.long}/{_negated(opt.long)}"
             func = click.option(*decls, opt.dest, is_flag=True, default=None, help=opt.help + env_note)(func)
         else:
             default_note = f" [default: {opt.default}]" if opt.default else ""
             func = click.option(*decls, opt.dest, default=None, metavar="VALUE",
                                 help=opt.help + default_note + env_note)(func)
     return func
+
+
+def _negated(long: str) -> str:
+    return "--no-" + long[2:]
 
 
 # Logging flags of Istio's agent, which Istio's injector passes to istio-init.
@@ -312,8 +324,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
                 out += ["--log-format", "json"]
             continue
         if eq and name in flags:
-            if c.parse_bool(name, value):
-                out.append(name)
+            out.append(name if c.parse_bool(name, value) else _negated(name))
             continue
         out.append(long_of.get(arg, arg))
     return out
@@ -322,6 +333,23 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 def wants_from_pod(argv: Sequence[str]) -> bool:
     """`--from-pod FILE` given: the caller expands it (inject.frompod) before parsing."""
     return any(arg == "--from-pod" or arg.startswith("--from-pod=") for arg in argv)
+
+
+def wants_json_logs(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether these arguments ask for JSON logs, read leniently (it must not fail: the
+    answer decides how a usage error about the very same arguments is printed)."""
+    fmt = env.get("ISTIO_IPTABLES_LOG_FORMAT", "text").strip().lower()
+    for index, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name == "--log-format":
+            nxt = argv[index + 1] if index + 1 < len(argv) else ""
+            fmt = (value if eq else nxt).strip().lower()
+        elif name == "--log_as_json":
+            if not eq or value.strip() in c.TRUE_WORDS:
+                fmt = "json"
+            elif value.strip() in c.FALSE_WORDS or not value.strip():
+                fmt = "text"  # (a value that is neither leaves the format as it was)
+    return fmt == "json"
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str], *, cleanup: bool = False) -> Settings:

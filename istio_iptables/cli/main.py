@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv, wants_from_pod
+from istio_iptables.cli.flags import (
+    Settings,
+    add_options,
+    build_settings,
+    normalize_argv,
+    wants_from_pod,
+    wants_json_logs,
+)
 from istio_iptables.model.config import ConfigError
 
 PROG = "istio-iptables"
@@ -99,6 +106,7 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
 
         return int(importlib.import_module(SUBCOMMANDS[given[0]]).main(given[1:]))
     env: Mapping[str, str] | None = None
+    as_json = wants_json_logs(given, os.environ)
     try:
         if wants_from_pod(given):
             from istio_iptables.inject.frompod import expand_from_pod
@@ -109,13 +117,13 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
     except SystemExit as done:
         return int(done.code or 0)
     except (ConfigError, HostFactsError) as err:
-        _usage_error(name, str(err))
+        _usage_error(name, str(err), as_json)
         return EXIT_USAGE
     except click.exceptions.NoSuchOption as err:
-        _usage_error(name, f"unknown flag {err.option_name!r}")
+        _usage_error(name, f"unknown flag {err.option_name!r}", as_json)
         return EXIT_USAGE
     except click.UsageError as err:
-        _usage_error(name, err.format_message())
+        _usage_error(name, err.format_message(), as_json)
         return EXIT_USAGE
     except click.exceptions.Abort:
         return 1
@@ -124,8 +132,16 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _usage_error(name: str, message: str) -> None:
-    sys.stderr.write(f"{name}: error: {' '.join(message.split())}\n")
+def _usage_error(name: str, message: str, as_json: bool) -> None:
+    """One line on stderr; under JSON logging one JSON object, like every other line."""
+    text = f"{name}: error: {' '.join(message.split())}"
+    if as_json:
+        import time
+
+        from istio_iptables.logs import format_line
+
+        text = format_line("error", text, time.time(), "json")
+    sys.stderr.write(text + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

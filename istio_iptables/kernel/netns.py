@@ -10,14 +10,22 @@ are forked from it and inherit the namespace.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"
+# ioctl(2) on an nsfs file: which kind of namespace it is (Linux 4.11+); ENOTTY elsewhere.
+NS_GET_NSTYPE = 0xB703
 
 
 class NetnsError(RuntimeError):
-    """The namespace could not be opened or entered."""
+    """The namespace could not be opened or entered.  `bad_input`: the path is not a
+    network namespace at all (a usage error), rather than one that failed."""
+
+    def __init__(self, message: str, *, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 def resolve(spec: str) -> str:
@@ -25,13 +33,36 @@ def resolve(spec: str) -> str:
     return spec if spec.startswith("/") else os.path.join(NETNS_RUN_DIR, spec)
 
 
-def enter(spec: str) -> str:
-    """Move this thread into the network namespace `spec`; returns the path used."""
+def open_netns(spec: str) -> tuple[str, int]:
+    """(path, fd) of a network namespace file, checked without blocking: O_NONBLOCK
+    keeps a FIFO from hanging the open, and the nsfs ioctl proves the kind."""
+    import fcntl
+
     path = resolve(spec)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as err:
         raise NetnsError(f"cannot open network namespace {path!r}: {err.strerror}") from None
+    except ValueError:  # a path the file system cannot encode
+        raise NetnsError(f"{path!r} is not a network namespace file", bad_input=True) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NetnsError(f"{path!r} is not a network namespace file", bad_input=True)
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            raise NetnsError(f"{path!r} is not a network namespace file", bad_input=True) from None
+        if kind != CLONE_NEWNET:
+            raise NetnsError(f"{path!r} is a namespace file, but not a network namespace", bad_input=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, fd
+
+
+def enter(spec: str) -> str:
+    """Move this thread into the network namespace `spec`; returns the path used."""
+    path, fd = open_netns(spec)
     try:
         if _setns()(fd, CLONE_NEWNET) != 0:
             from _ctypes import get_errno

@@ -33,10 +33,13 @@ _IFACE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$|^[A-Za-z0-9_][A-Za-z0-9_.
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$"
 # Route tables 0 (unspec) and 253-255 (default, main, local) belong to the kernel.
 _RESERVED_ROUTE_TABLES = frozenset({0, 253, 254, 255})
-_DURATION_PATTERN = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
+# ASCII digits only ([0-9], not \d): Go's strconv and time.ParseDuration read nothing
+# else, while Python's \d, int(), float() and str.isdigit() also take '²', '٣',
+# '1_000', 'nan' and 'inf'.
+_DURATION_PATTERN = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
-_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+TRUE_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+FALSE_WORDS = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 MAX_OWNER_GROUPS_INCLUDE = 64
 
 
@@ -130,6 +133,12 @@ class RunOptions(NamedTuple):
     log_format: str = "text"
 
 
+def is_number(text: str) -> bool:
+    """ASCII decimal digits only, as Go's strconv reads them (str.isdigit also takes
+    '²' and '٣', which int() then reads as 2 and 3, or refuses with a traceback)."""
+    return text.isascii() and text.isdigit()
+
+
 def split_list(raw: str) -> list[str]:
     """Split a comma list the way Istio does: empty items (trailing commas) vanish."""
     return [item.strip() for item in raw.split(",") if item.strip()]
@@ -138,7 +147,7 @@ def split_list(raw: str) -> list[str]:
 def parse_port(flag: str, raw: str) -> int:
     """A single TCP/UDP port, 1-65535."""
     text = raw.strip()
-    if not text.isdigit():
+    if not is_number(text) or len(text) > 5:
         raise ConfigError(flag, raw, "expected a port number 1-65535")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -186,7 +195,7 @@ def _normalize_cidr(item: str) -> tuple[int, str]:
     """(4 or 6, canonical 'address/prefix'), or (0, '') when invalid.  inet_pton is ~15x
     cheaper than ipaddress, which matters with thousands of -x CIDRs."""
     address, _, prefix = item.partition("/")
-    if not prefix.isdigit() or len(prefix) > 3:
+    if not is_number(prefix) or len(prefix) > 3:
         return 0, ""
     family, version, bits = (_socket.AF_INET6, 6, 128) if ":" in address else (_socket.AF_INET, 4, 32)
     length = int(prefix)
@@ -211,12 +220,12 @@ def parse_owner_list(flag: str, raw: str) -> tuple[str, ...]:
     """uids/gids or user/group names; names are passed to iptables as Istio does."""
     items = split_list(raw)
     for item in items:
-        if item.isdigit():
-            if int(item) > 0xFFFFFFFE:
+        if is_number(item):
+            if len(item) > 10 or int(item) > 0xFFFFFFFE:
                 raise ConfigError(flag, raw, f"{item!r} is out of range for a uid/gid")
         elif not re.match(_NAME_PATTERN, item):
             raise ConfigError(flag, raw, f"{item!r} is neither a number nor a valid user/group name")
-    return tuple(str(int(i)) if i.isdigit() else i for i in items)
+    return tuple(str(int(i)) if is_number(i) else i for i in items)
 
 
 def parse_mode(flag: str, raw: str) -> str:
@@ -230,8 +239,12 @@ def parse_mode(flag: str, raw: str) -> str:
 def parse_uint(flag: str, raw: str, *, low: int, high: int) -> int:
     """An integer in [low, high], decimal or 0x-hex (fwmarks are often written in hex)."""
     text = raw.strip()
+    hexa = text[:2] in ("0x", "0X")
+    digits = text[2:] if hexa else text
+    if not digits.isascii() or not (digits.isalnum() if hexa else digits.isdigit()) or len(digits) > 20:
+        raise ConfigError(flag, raw, f"expected an integer {low}-{high}")
     try:
-        value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+        value = int(digits, 16 if hexa else 10)
     except ValueError:
         raise ConfigError(flag, raw, f"expected an integer {low}-{high}") from None
     if not low <= value <= high:
@@ -249,9 +262,9 @@ def parse_route_table(flag: str, raw: str) -> int:
 def parse_bool(flag: str, raw: str) -> bool:
     """Booleans from the environment, with Go's strconv.ParseBool spelling."""
     text = raw.strip()
-    if text in _TRUE:
+    if text in TRUE_WORDS:
         return True
-    if text in _FALSE or text == "":
+    if text in FALSE_WORDS or text == "":
         return False
     raise ConfigError(flag, raw, "expected true or false")
 
@@ -259,10 +272,10 @@ def parse_bool(flag: str, raw: str) -> bool:
 def parse_duration(flag: str, raw: str) -> float:
     """A Go duration ('5s', '500ms', '1m30s') or plain seconds; returns seconds."""
     text = raw.strip()
-    plain = text[:-1] if text.endswith("s") and text[:-1].replace(".", "", 1).isdigit() else text
-    try:
+    plain = text[:-1] if text.endswith("s") else text
+    if plain and plain.isascii() and plain.replace(".", "", 1).isdigit():
         seconds = float(plain)  # "5" or the common "5s", without compiling the regex
-    except ValueError:
+    else:
         pos = 0
         seconds = 0.0
         for match in re.finditer(_DURATION_PATTERN, text):
@@ -271,7 +284,7 @@ def parse_duration(flag: str, raw: str) -> float:
             seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise ConfigError(flag, raw, "expected a duration such as 5s or 500ms") from None
+            raise ConfigError(flag, raw, "expected a duration such as 5s or 500ms")
     if seconds <= 0 or seconds > 86400:
         raise ConfigError(flag, raw, "duration must be between 0 and 24h")
     return seconds

@@ -7,7 +7,9 @@ never imports pyroute2.
 """
 
 import _socket
+import os
 import pwd
+import stat
 from typing import NamedTuple
 
 from istio_iptables import logs as log
@@ -35,7 +37,7 @@ def _packed(text: str) -> tuple[int, bytes]:
     for family, version in ((_socket.AF_INET, 4), (_socket.AF_INET6, 6)):
         try:
             return version, _socket.inet_pton(family, text)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             continue
     return 0, b""
 
@@ -76,13 +78,25 @@ def read_nameservers(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The nameserver lines of a resolv.conf, split into IPv4 and IPv6, kept as written.
     Entries that are not IP addresses are ignored, as Istio ignores them."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        # O_NONBLOCK: a FIFO given as --resolv-conf must not hang the pod's start.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except (OSError, ValueError) as err:
+        raise HostFactsError(f"cannot read resolv.conf {path!r}: {getattr(err, 'strerror', None) or err}") from None
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HostFactsError(f"cannot read resolv.conf {path!r}: not a regular file")
+        try:
             lines = handle.read().splitlines()
-    except OSError as err:
-        raise HostFactsError(f"cannot read resolv.conf {path!r}: {err.strerror}") from None
+        except OSError as err:
+            raise HostFactsError(f"cannot read resolv.conf {path!r}: {err.strerror}") from None
     v4: list[str] = []
     v6: list[str] = []
-    for line in lines:
+    for raw in lines:
+        try:  # a resolver skips a line it cannot parse; a nameserver is ASCII anyway
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            log.debug("ignoring a resolv.conf line that is not ASCII: %r", raw)
+            continue
         fields = line.split()
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
@@ -102,11 +116,15 @@ def default_proxy_uid(envoy_user: str | None) -> str:
         return PROXY_UID
 
 
-def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str) -> HostFacts:
+def gather(ipv6: str, dual_stack: bool, need_dns: bool, resolv_conf: str,
+           nameservers: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> HostFacts:
     """Collect the facts: `ipv6` is 'auto', 'on' or 'off'; nameservers only when DNS
-    capture needs them (Istio does not read resolv.conf otherwise)."""
+    capture needs them (Istio does not read resolv.conf otherwise), unless already
+    read (`nameservers`, as read_nameservers returns them)."""
     enable_v6 = detect_ipv6(dual_stack) if ipv6 == "auto" else ipv6 == "on"
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    if need_dns:
+    if nameservers is not None:
+        servers = nameservers
+    elif need_dns:
         servers = read_nameservers(resolv_conf)
     return HostFacts(ipv6=enable_v6, nameservers_v4=servers[0], nameservers_v6=servers[1])

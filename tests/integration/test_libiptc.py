@@ -244,6 +244,7 @@ _RUNNER = """
 import json, sys
 from dataclasses import dataclass
 from istio_iptables.kernel import libiptc
+from tests.integration.libiptc_save import save
 
 @dataclass(frozen=True)
 class Rule:
@@ -262,7 +263,7 @@ def call(req):
         elif req["op"] == "delete":
             result = libiptc.delete_rules(req["family"], rules, chains, isolate=isolate)
         else:
-            result = libiptc.save(req["family"], req["tables"], isolate=isolate)
+            result = save(req["family"], req["tables"], isolate=isolate)
     except libiptc.LibiptcError as exc:
         return {"ok": False, "error": str(exc), "table": exc.table, "chain": exc.chain, "rule": exc.rule}
     return {"ok": True, "result": result}
@@ -344,8 +345,8 @@ def test_loading_iptc_runs_no_ldconfig_or_gcc() -> None:
             spawned.append(args if isinstance(args, str) else [str(x) for x in args])
             return original(self, args, *a, **k)
         subprocess.Popen.__init__ = record
-        from istio_iptables.kernel import libiptc
-        libiptc._load_iptc()
+        from istio_iptables.kernel.libiptc.loader import load_iptc
+        load_iptc(4)
         print(json.dumps(spawned))
     """)
     env = {k: v for k, v in os.environ.items()
@@ -353,8 +354,10 @@ def test_loading_iptc_runs_no_ldconfig_or_gcc() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO)
     spawned = json.loads(out.stdout.strip().splitlines()[-1])
-    # modprobe (python-iptables loads ip_tables when /proc/modules exists) is acceptable.
+    # modprobe only where the kernel lacks ip_tables (python-iptables runs it at every import).
     assert [argv for argv in spawned if "modprobe" not in " ".join(argv)] == []
+    if os.path.exists("/proc/net/ip_tables_names"):
+        assert spawned == []
 
 
 @pytest.mark.parametrize("isolate", [True, False], ids=["worker", "in-process"])
