@@ -5,8 +5,15 @@ With CNI_COMMAND in the environment it is the plugin (the runtime's call); other
 the init path imports, plus json: an ADD runs for every pod creation.
 """
 
-import os
-import sys
+import gc
+
+# Off before anything else is imported, as for the init command (cli/entry.py): a
+# plugin process is short-lived and ends with os._exit; the collector's passes during
+# the imports cost ~9 M instructions of every ADD.
+gc.disable()
+
+import os  # noqa: E402
+import sys  # noqa: E402
 
 USAGE = ("usage: istio-iptables-cni install|uninstall --bin-dir DIR --conf-dir DIR [--network NAME] ...\n"
          "       (as a CNI plugin it is run by the container runtime, with CNI_COMMAND set)\n")
