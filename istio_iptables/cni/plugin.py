@@ -24,16 +24,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from istio_iptables import logs as log
 from istio_iptables.cli.flags import Settings, parse_args
 from istio_iptables.cni import protocol as p
 from istio_iptables.cni.protocol import CniError, Request
 from istio_iptables.model.config import ConfigError
-
-if TYPE_CHECKING:
-    from istio_iptables.model.hostfacts import HostFacts
 
 # Flags the runtime decides, not the conflist: where (CNI_NETNS), and what (the command).
 _RUNTIME_OWNED = (("network_namespace", "--network-namespace", "CNI_NETNS"),
@@ -109,7 +106,9 @@ def _check(request: Request) -> Result:
     settings = capture_settings(argv, _capture_env(request.config))
     _enter(request.netns, missing_ok=False)
     try:
-        problems = _differences(settings)
+        from istio_iptables.apply.check import differences
+
+        problems = differences(settings.capture, settings.run)
     except Exception as err:
         raise CniError(p.CAPTURE_DRIFTED, "cannot read the capture", str(err)) from None
     if problems:
@@ -258,43 +257,6 @@ def _apply(settings: Settings, *, cleanup: bool) -> None:
     if status != 0:
         what = "removing the capture failed" if cleanup else "applying the capture failed"
         raise CniError(p.APPLY_FAILED, what, log.last_error())
-
-
-def _differences(settings: Settings) -> list[str]:
-    """What differs between this namespace and the plan; written nothing."""
-    from istio_iptables.model import hostfacts
-    from istio_iptables.model.iptables_plan import build_plan
-
-    capture, run = settings.capture, settings.run
-    facts = hostfacts.gather(run.ipv6, capture.dual_stack, capture.redirect_dns and not capture.capture_all_dns,
-                             run.resolv_conf)
-    plan = build_plan(capture, facts)
-    if run.native_nftables:
-        problems = _nft_differences(settings, facts)
-    else:
-        from istio_iptables.apply.iptables import check_iptables
-
-        problems = check_iptables(plan, run)
-    if plan.addresses:
-        from istio_iptables.kernel.netlink import interface_addresses
-        from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUND_PASSTHROUGH_ADDRESS
-
-        if IPV6_INBOUND_PASSTHROUGH_ADDRESS not in {address for _, address in interface_addresses()}:
-            problems.append(f"{IPV6_INBOUND_PASSTHROUGH} is missing on lo")
-    return problems
-
-
-def _nft_differences(settings: Settings, facts: HostFacts) -> list[str]:
-    """Native nftables mode: our tables are there (their rules are not compared)."""
-    from istio_iptables.kernel.nft import istio_tables_text
-    from istio_iptables.model.nft_plan import render_nft
-
-    def tables(text: str) -> set[str]:  # `add table inet X` (ours) or `table inet X {` (nft list)
-        return {line.split()[-1].rstrip("{").strip() if line.startswith("add ") else line.split()[2]
-                for line in text.splitlines() if line.startswith(("table inet ", "add table inet "))}
-
-    missing = tables(render_nft(settings.capture, facts)) - tables(istio_tables_text())
-    return [f"nftables table inet {name} is missing" for name in sorted(missing)]
 
 
 def _log_to(config: Mapping[str, Any]) -> None:

@@ -1,0 +1,43 @@
+"""Does the namespace hold exactly the planned capture?  Surveys and decides as an
+apply would, and writes nothing: the CNI plugin's CHECK, and anything else that must
+answer "drifted or not" without changing the namespace."""
+
+from istio_iptables.model import hostfacts
+from istio_iptables.model.config import CaptureConfig, RunOptions
+
+
+def differences(capture: CaptureConfig, run: RunOptions) -> list[str]:
+    """What differs between the current namespace and the plan, in words (empty: in
+    sync).  iptables mode compares every family's rules in order (apply/iptables);
+    native nftables mode checks that our tables exist (their rules are not compared);
+    both check the ::6 address when the plan adds it.  TPROXY routes are not read."""
+    from istio_iptables.model.iptables_plan import build_plan
+
+    facts = hostfacts.gather(run.ipv6, capture.dual_stack, capture.redirect_dns and not capture.capture_all_dns,
+                             run.resolv_conf)
+    plan = build_plan(capture, facts)
+    if run.native_nftables:
+        problems = _missing_nft_tables(capture, facts)
+    else:
+        from istio_iptables.apply.iptables import check_iptables
+
+        problems = check_iptables(plan, run)
+    if plan.addresses:
+        from istio_iptables.kernel.netlink import interface_addresses
+        from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUND_PASSTHROUGH_ADDRESS
+
+        if IPV6_INBOUND_PASSTHROUGH_ADDRESS not in {address for _, address in interface_addresses()}:
+            problems.append(f"{IPV6_INBOUND_PASSTHROUGH} is missing on lo")
+    return problems
+
+
+def _missing_nft_tables(capture: CaptureConfig, facts: hostfacts.HostFacts) -> list[str]:
+    from istio_iptables.kernel.nft import istio_tables_text
+    from istio_iptables.model.nft_plan import render_nft
+
+    def tables(text: str) -> set[str]:  # `add table inet X` (the plan) or `table inet X {` (nft list)
+        return {line.split()[-1].rstrip("{").strip() if line.startswith("add ") else line.split()[2]
+                for line in text.splitlines() if line.startswith(("table inet ", "add table inet "))}
+
+    missing = tables(render_nft(capture, facts)) - tables(istio_tables_text())
+    return [f"nftables table inet {name} is missing" for name in sorted(missing)]
