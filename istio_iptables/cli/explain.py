@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
@@ -19,6 +19,9 @@ from istio_iptables.cli.flags import Settings, add_options, build_settings, norm
 from istio_iptables.model.config import ConfigError
 from istio_iptables.model.explain import Answer, Connection, Pod, explain
 from istio_iptables.model.iptables_match import Tables
+
+if TYPE_CHECKING:
+    from istio_iptables.kernel.live_rules import LiveRules
 
 PROG = "istio-iptables explain"
 EXIT_USAGE = 2
@@ -138,13 +141,15 @@ def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables]
     return tables, Pod(tuple(addresses), request.interface), notes
 
 
-def live_tables(request: Request) -> tuple[dict[int, Tables], Pod, list[str], bool]:
-    """The namespace's installed rules and addresses; the flag says whether something
-    installed could not be evaluated (native nftables tables)."""
-    from istio_iptables.kernel.live_rules import read_live
+def live_tables(request: Request, live: LiveRules | None = None) -> tuple[dict[int, Tables], Pod, list[str], bool]:
+    """The namespace's installed rules and addresses (read now unless given); the flag
+    says whether something installed could not be evaluated."""
     from istio_iptables.model.iptables_match import parse_tables
 
-    live = read_live()
+    if live is None:
+        from istio_iptables.kernel.live_rules import read_live
+
+        live = read_live()
     notes = list(live.notes)
     tables = {family: parse_tables(text) for family, text in live.texts.items() if text}
     for family in (4, 6):
@@ -172,11 +177,12 @@ def live_tables(request: Request) -> tuple[dict[int, Tables], Pod, list[str], bo
     return tables, Pod(tuple(own), interface), notes, uncertain
 
 
-def answer_for(settings: Settings, request: Request) -> tuple[Answer, list[str]]:
-    """The one entry `explain` and `verify` share."""
+def answer_for(settings: Settings, request: Request, live: LiveRules | None = None) -> tuple[Answer, list[str]]:
+    """The one entry `explain` and `verify` share (`live`: rules already read, e.g. by
+    verify inside its scratch namespace)."""
     uncertain = False
     if request.live:
-        tables, pod, notes, uncertain = live_tables(request)
+        tables, pod, notes, uncertain = live_tables(request, live)
     else:
         tables, pod, notes = plan_tables(settings, request)
     answer = explain(tables, request.conn, pod, settings.capture)
