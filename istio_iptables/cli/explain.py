@@ -283,7 +283,8 @@ def make_command(result: dict[str, Any]) -> click.Command:
           nsenter -n -t PID istio-iptables explain --live --to 10.0.0.1:80 --output json"""
         result.update(values)
 
-    return add_options(command, exclude=OWN_EXCLUDED)
+    made: click.Command = add_options(command, exclude=OWN_EXCLUDED)
+    return made
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, Request] | int:

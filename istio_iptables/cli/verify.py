@@ -78,7 +78,8 @@ def make_command(result: dict[str, Any]) -> click.Command:
           sudo istio-iptables verify -i '*' -x 10.96.0.0/12 -b '*' -d 15090,15021,15020 --redirect-dns"""
         result.update(values)
 
-    return add_options(command, exclude=("output",))
+    made: click.Command = add_options(command, exclude=("output",))
+    return made
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, list[str], str] | int:
@@ -160,7 +161,10 @@ def main(argv: Sequence[str]) -> int:
 
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
-        progress = (lambda line: sys.stderr.write(f"{PROG}: {line}\n")) if output == "text" else (lambda _l: None)
+        def progress(line: str) -> None:
+            if output == "text":
+                sys.stderr.write(f"{PROG}: {line}\n")
+
         result = run_verify(settings, args, apply_env(os.environ), progress)
     except (VerifyError, NetLabError) as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")

@@ -26,6 +26,8 @@ DNS_AGENT_PORT = 15053
 OUTSIDE = {4: "198.51.100.10", 6: "2001:db8:2::10"}
 OUTSIDE_NET = {4: "198.51.100.0/24", 6: "2001:db8:2::/64"}
 NAMESERVER = {4: "198.51.100.53", 6: "2001:db8:2::53"}
+# The veth's own networks: never claimed as "outside" by the peer.
+LAB_NETWORKS = ("192.0.2.0/24", "2001:db8:1::/64")
 
 
 class Lab(NamedTuple):
@@ -105,7 +107,8 @@ def expect_outbound(cfg: CaptureConfig, lab: Lab, family: int, proto: str, dst: 
         if in_redirect:
             return cfg.inbound_capture_port, True, "the proxy calling its own pod address goes to inbound"
         return port, local, "the proxy's own traffic passes"
-    if own and not (cfg.redirect_dns and port == DNS_PORT and proto == "udp"):
+    # Istio's lo RETURN for apps spares port 53 when DNS is captured (either protocol).
+    if own and not (cfg.redirect_dns and port == DNS_PORT):
         return port, True, "the app calling its own pod address over lo passes"
     if lab.interface in cfg.exclude_interfaces and not local:
         return port, False, f"interface {lab.interface} is in -c"
@@ -132,7 +135,9 @@ def expect_outbound(cfg: CaptureConfig, lab: Lab, family: int, proto: str, dst: 
 def expect_inbound(cfg: CaptureConfig, lab: Lab, port: int) -> tuple[int, bool, str]:
     if lab.interface in cfg.exclude_interfaces:
         return port, True, f"interface {lab.interface} is in -c"
-    if port == cfg.inbound_tunnel_port:
+    if port == cfg.inbound_tunnel_port and not cfg.tproxy:
+        # Istio's tunnel-port RETURN sits in nat ISTIO_INBOUND; TPROXY captures in
+        # mangle and never consults it, so with TPROXY the tunnel port is captured.
         return port, True, f"port {port} is the tunnel port (-e)"
     if cfg.inbound_ports_all:
         if port in cfg.inbound_exclude_ports:
@@ -149,7 +154,7 @@ def build_probes(cfg: CaptureConfig, lab: Lab, nameservers: dict[int, tuple[str,
     enabled, per family."""
     probes: list[Probe] = []
     proxy_uid = _numeric_proxy_uid(cfg)
-    avoid = ["192.0.2.0/24", "2001:db8:1::/64"]
+    avoid = list(LAB_NETWORKS)
 
     def out(label: str, family: int, proto: str, dst: str, port: int, uid: int, src: str | None = None) -> None:
         port_, local, why = expect_outbound(cfg, lab, family, proto, dst, port, uid, nameservers, src)

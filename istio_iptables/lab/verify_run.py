@@ -8,19 +8,23 @@ when `run_verify` returns or raises, including on KeyboardInterrupt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from istio_iptables.cli.explain import Request, answer_for
 from istio_iptables.cli.flags import Settings
 from istio_iptables.lab import matrix
 from istio_iptables.lab.netlab import PEER_IPV4, PEER_IPV6, POD_IPV4, POD_IPV6, NetLab, run_in_netns
 from istio_iptables.model.explain import Answer, Connection, is_loopback
+
+if TYPE_CHECKING:
+    from istio_iptables.kernel.live_rules import LiveRules
 
 
 class Row(NamedTuple):
@@ -80,11 +84,12 @@ def request_for(probe: matrix.Probe, lab: matrix.Lab, live: bool) -> Request:
     return Request(conn, tuple(lab.pod[f] for f in lab.families), lab.interface, live, "json")
 
 
-def _listen_all(netlab: NetLab, probes: Sequence[matrix.Probe], settings: Settings,
-                families: tuple[int, ...]) -> None:
+def _listen_all(netlab: NetLab, ports: Sequence[int], settings: Settings, families: tuple[int, ...]) -> None:
+    """TCP and UDP listeners on every port, in the pod (plus the sidecar's ports) and
+    the peer, answering "pod:PORT" or "peer:PORT" so the client knows where it landed."""
     cfg = settings.capture
-    pod_ports = {p.dport for p in probes} | {cfg.proxy_port, cfg.inbound_capture_port, matrix.DNS_AGENT_PORT}
-    peer_ports = {p.dport for p in probes if not p.inbound}
+    pod_ports = set(ports) | {cfg.proxy_port, cfg.inbound_capture_port, matrix.DNS_AGENT_PORT}
+    peer_ports = set(ports)
     for family in families:
         af = socket.AF_INET6 if family == 6 else socket.AF_INET
         for port in sorted(pod_ports):
@@ -119,48 +124,88 @@ def apply_args(settings_argv: Sequence[str], pod_ns_path: str, resolv: str) -> l
             "--resolv-conf", resolv]
 
 
+class Scratch:
+    """A scratch pod+peer with the capture applied: apply once, then check as many
+    connections as wanted (`rows`).  A context manager: leaving it removes the
+    namespaces, listeners and the temporary resolv.conf, also on KeyboardInterrupt."""
+
+    def __init__(self, settings: Settings, capture_argv: Sequence[str], env: Mapping[str, str],
+                 extra_routes: Sequence[str] = ()) -> None:
+        self.families = lab_families(settings)
+        self.capture_argv = list(capture_argv)
+        self.env = dict(env)
+        self.extra_routes = list(extra_routes)
+        self.settings = settings
+        self.nameservers: dict[int, tuple[str, ...]] = {f: (matrix.NAMESERVER[f],) for f in self.families}
+        self.netlab = NetLab(ipv6=6 in self.families)
+        self.lab = matrix.Lab(pod={4: self.netlab.pod_ipv4, **({6: str(self.netlab.pod_ipv6)}
+                                                               if 6 in self.families else {})},
+                              families=self.families, interface=self.netlab.pod_if)
+        self.resolv = ""
+        self.applied = ""
+        self.live: LiveRules | None = None
+
+    def __enter__(self) -> Scratch:
+        fd, self.resolv = tempfile.mkstemp(prefix="istio-iptables-verify-", suffix=".resolv.conf")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write("".join(f"nameserver {matrix.NAMESERVER[f]}\n" for f in self.families))
+            self.settings = self.settings._replace(run=self.settings.run._replace(resolv_conf=self.resolv))
+            self.netlab.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.netlab.close()
+        if self.resolv:
+            with contextlib.suppress(OSError):
+                os.unlink(self.resolv)
+
+    def apply(self, listen_ports: Sequence[int]) -> None:
+        """Routes for the CIDRs, listeners, then the real command in the pod namespace."""
+        from istio_iptables.kernel.live_rules import read_live
+
+        cfg = self.settings.capture
+        cidrs = [*cfg.outbound_exclude_cidrs.v4, *cfg.outbound_cidrs.v4]
+        if 6 in self.families:
+            cidrs += [*cfg.outbound_exclude_cidrs.v6, *cfg.outbound_cidrs.v6]
+        for cidr in [*cidrs, *self.extra_routes]:
+            route = matrix.anyip_route(cidr)
+            if route is not None and matrix.representative(cidr, list(matrix.LAB_NETWORKS)):
+                self.netlab.run("peer", "ip", "route", "replace", "local", route, "dev", "lo")
+        _listen_all(self.netlab, listen_ports, self.settings, self.families)
+        done = subprocess.run(apply_args(self.capture_argv, self.netlab.pod_ns_path, self.resolv),
+                              capture_output=True, text=True, timeout=120, env=self.env, check=False)
+        if done.returncode != 0:
+            raise VerifyError(f"applying the capture failed (exit {done.returncode}): "
+                              f"{' '.join(done.stderr.strip().splitlines()[-1:])}")
+        self.applied = done.stderr
+        self.live = run_in_netns(self.netlab.pod_ns, read_live, timeout=60)
+
+    def rows(self, probes: Sequence[matrix.Probe]) -> list[Row]:
+        """Send the probes for real and put explain's two predictions beside each."""
+        observed = _send(self.netlab, probes)
+        rows = []
+        for probe, (port, local, error) in zip(probes, observed, strict=True):
+            plan, _ = answer_for(self.settings, request_for(probe, self.lab, live=False))
+            live_answer, _ = answer_for(self.settings, request_for(probe, self.lab, live=True), self.live)
+            rows.append(Row(probe, plan, live_answer, port, local, error))
+        return rows
+
+
 def run_verify(settings: Settings, capture_argv: Sequence[str], env: Mapping[str, str],
                progress: Callable[[str], None] = lambda _line: None) -> Result:
     """Build the lab, apply `capture_argv` with `env` through the real command, send
-    the matrix and compare.  Raises on a failed apply (with the tool's words)."""
-    from istio_iptables.kernel.live_rules import read_live
-
-    families = lab_families(settings)
-    fd, resolv = tempfile.mkstemp(prefix="istio-iptables-verify-", suffix=".resolv.conf")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write("".join(f"nameserver {matrix.NAMESERVER[f]}\n" for f in families))
-        settings = settings._replace(run=settings.run._replace(resolv_conf=resolv))
-        nameservers = {f: (matrix.NAMESERVER[f],) for f in families}
-        with NetLab(ipv6=6 in families) as netlab:
-            lab = matrix.Lab(pod={4: netlab.pod_ipv4, **({6: str(netlab.pod_ipv6)} if 6 in families else {})},
-                             families=families, interface=netlab.pod_if)
-            probes = matrix.build_probes(settings.capture, lab, nameservers)
-            for cidr in (*settings.capture.outbound_exclude_cidrs.v4, *settings.capture.outbound_cidrs.v4,
-                         *(settings.capture.outbound_exclude_cidrs.v6 + settings.capture.outbound_cidrs.v6
-                           if 6 in families else ())):
-                route = matrix.anyip_route(cidr)
-                if route is not None and matrix.representative(cidr, ["192.0.2.0/24", "2001:db8:1::/64"]):
-                    netlab.run("peer", "ip", "route", "replace", "local", route, "dev", "lo")
-            _listen_all(netlab, probes, settings, families)
-            progress(f"scratch pod {netlab.pod_ns} (IPv{' and IPv'.join(map(str, families))}), "
-                     f"peer {netlab.peer_ns}; applying the capture")
-            done = subprocess.run(apply_args(capture_argv, netlab.pod_ns_path, resolv), capture_output=True,
-                                  text=True, timeout=120, env=dict(env), check=False)
-            if done.returncode != 0:
-                raise VerifyError(f"applying the capture failed (exit {done.returncode}): "
-                                  f"{done.stderr.strip().splitlines()[-1:] or ''}")
-            live = run_in_netns(netlab.pod_ns, read_live, timeout=60)
-            progress(f"sending {len(probes)} connections")
-            observed = _send(netlab, probes)
-            rows = []
-            for probe, (port, local, error) in zip(probes, observed, strict=True):
-                plan, _ = answer_for(settings, request_for(probe, lab, live=False))
-                live_answer, _ = answer_for(settings, request_for(probe, lab, live=True), live)
-                rows.append(Row(probe, plan, live_answer, port, local, error))
-            return Result(rows, done.stderr, families)
-    finally:
-        os.unlink(resolv)
+    the matrix and compare.  Raises VerifyError on a failed apply (with the tool's words)."""
+    with Scratch(settings, capture_argv, env) as scratch:
+        probes = matrix.build_probes(scratch.settings.capture, scratch.lab, scratch.nameservers)
+        progress(f"scratch pod {scratch.netlab.pod_ns} (IPv{' and IPv'.join(map(str, scratch.families))}), "
+                 f"peer {scratch.netlab.peer_ns}; applying the capture")
+        scratch.apply([p.dport for p in probes])
+        progress(f"sending {len(probes)} connections")
+        return Result(scratch.rows(probes), scratch.applied, scratch.families)
 
 
 class VerifyError(RuntimeError):

@@ -28,6 +28,7 @@ with the rule named: it never guesses silently.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
@@ -236,11 +237,10 @@ def _rule_matches(rule: ParsedRule, pkt: _Packet) -> tuple[bool | None, list[str
     """All matches of a rule (AND).  Returns the result and the undecidable matches."""
     unknown: list[str] = []
     owner = [m for m in rule.matches if m.kind in ("uid", "gid")]
-    if owner and not pkt.owned:
-        # xt_owner on a packet without a local socket: true only when every owner
-        # test of the rule is negated.
-        if not all(m.negated for m in owner):
-            return False, []
+    # xt_owner on a packet without a local socket: true only when every owner test
+    # of the rule is negated.
+    if owner and not pkt.owned and not all(m.negated for m in owner):
+        return False, []
     for m in rule.matches:
         if m.kind in ("uid", "gid") and not pkt.owned:
             continue
@@ -317,7 +317,7 @@ class _Walker:
         self.unknowns.append(f"{table} {chain}: too many rules walked (a loop?)")
 
     def _target(self, pkt: _Packet, table: str, chain: str, rule: ParsedRule,
-                chains: dict[str, object], caller: ParsedRule | None, caller_chain: str) -> str:
+                chains: Mapping[str, object], caller: ParsedRule | None, caller_chain: str) -> str:
         target = str(rule.target)
         opts = rule.target_opts
         decision = _Decision(table, chain, rule, caller, caller_chain)
@@ -538,14 +538,15 @@ def _words(d: _Decision, conn: Connection, cfg: CaptureConfig | None) -> str:
     if target in ("REDIRECT", "TPROXY", "DNAT"):
         if rule.matches and _first(rule, "dport") and "DNS" in d.chain:
             return f"DNS to {conn.dst}:53 is captured by the agent"
-        src = d.caller if d.caller is not None else rule
-        return _capture_words(src, d.caller_chain or d.chain, conn, cfg)
+        jumped = d.caller if d.caller is not None else rule
+        return _capture_words(jumped, d.caller_chain or d.chain, conn, cfg)
     owner_uid, owner_gid = _first(rule, "uid", negated=None), _first(rule, "gid", negated=None)
     oif_lo = any(m.kind == "oif" and m.value == "lo" and not m.negated for m in rule.matches)
     src = _first(rule, "src")
     if src is not None and oif_lo:
         return f"source {src.value.split('/')[0]} is the proxy's inbound passthrough address"
-    if (owner_uid or owner_gid) and oif_lo and (owner_uid or owner_gid).negated:  # type: ignore[union-attr]
+    owner = owner_uid or owner_gid
+    if owner is not None and oif_lo and owner.negated:
         return (f"uid {conn.uid} is not the proxy and the connection stays inside the pod (lo): "
                 "the app calling itself is not captured")
     if owner_uid is not None and not owner_uid.negated:

@@ -157,8 +157,8 @@ def parse_tables(text: str) -> Tables:
         if current is None:
             raise RuleSyntaxError(f"line {number}: {line!r} comes before any *table line")
         if line.startswith(":"):
-            name, _, rest = line[1:].partition(" ")
-            policy = rest.split()[0] if rest.split() else "-"
+            name, _, after = line[1:].partition(" ")
+            policy = after.split()[0] if after.split() else "-"
             existing = current.get(name)
             current[name] = Chain(policy, existing.rules if existing else [])
             continue
