@@ -158,15 +158,22 @@ def live_tables(request: Request, live: LiveRules | None = None) -> tuple[dict[i
     if live.native_tables:
         from istio_iptables.model.nft_explain import tables_from_nft_json
 
-        native, unsupported = tables_from_nft_json(live.native_text)
+        native, unsupported = tables_from_nft_json(live.native_text, live.native_listing)
         for family, extra in native.items():
             merged = tables.setdefault(family, {})
             for name, chains in extra.items():
-                merged.setdefault(name, {}).update(chains)
-        notes.append("native nftables tables " + ", ".join(live.native_tables) + " evaluated")
+                into = merged.setdefault(name, {})
+                for chain, content in chains.items():
+                    if into.get(chain) and into[chain].rules and content.rules:
+                        uncertain = True
+                        notes.append(f"IPv{family} {name} {chain}: both iptables and native nftables hold rules; "
+                                     "only the native ones are evaluated")
+                    into[chain] = content
+        notes.append("native nftables tables " + ", ".join(live.native_tables) + " evaluated "
+                     "(chains shown with their iptables names)")
         if unsupported:
             uncertain = True
-            notes += [f"nft rule not evaluated: {u}" for u in unsupported]
+            notes += unsupported
     own = [address for name, address in live.addresses if name != "lo" and not address.startswith("fe80")]
     own += [address for name, address in live.addresses if name == "lo" and address not in ("127.0.0.1", "::1")]
     own += [a for a in request.pod_ips if a not in own]

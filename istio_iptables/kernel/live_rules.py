@@ -23,7 +23,8 @@ class LiveRules(NamedTuple):
     sources: dict[int, str]  # family -> the binary that produced it
     notes: tuple[str, ...]
     native_tables: tuple[str, ...]  # our inet tables written by --native-nftables
-    native_text: str
+    native_text: str  # `nft -j list table` of each, one JSON document per line
+    native_listing: str  # `nft -a list table` of each: the rules as text, with handles
     addresses: tuple[tuple[str, str], ...]  # (interface, address)
 
 
@@ -62,18 +63,20 @@ def read_family(family: int) -> tuple[str, str, list[str]]:
     return found[0][0], found[0][1], notes
 
 
-def read_native() -> tuple[tuple[str, ...], str]:
-    """Our native nftables tables present now, and their `nft -j` listing."""
+def read_native() -> tuple[tuple[str, ...], str, str]:
+    """Our native nftables tables present now: names, `nft -j` JSON and `nft -a` text."""
     if rb.which("nft") is None:
-        return (), ""
+        return (), "", ""
     present: list[str] = []
-    parts: list[str] = []
+    documents: list[str] = []
+    listings: list[str] = []
     for table in NATIVE_TABLES:
         done = spawn.run(["nft", "-j", "list", "table", "inet", table], timeout=30)
         if done.returncode == 0:
             present.append(table)
-            parts.append(done.stdout)
-    return tuple(present), "\n".join(parts)
+            documents.append(" ".join(done.stdout.split("\n")))
+            listings.append(spawn.run(["nft", "-a", "list", "table", "inet", table], timeout=30).stdout)
+    return tuple(present), "\n".join(documents), "".join(listings)
 
 
 def addresses() -> tuple[tuple[str, str], ...]:
@@ -95,5 +98,5 @@ def read_live() -> LiveRules:
         text, source, family_notes = read_family(family)
         texts[family], sources[family] = text, source
         notes += family_notes
-    native, native_text = read_native()
-    return LiveRules(texts, sources, tuple(notes), native, native_text, addresses())
+    native, native_text, native_listing = read_native()
+    return LiveRules(texts, sources, tuple(notes), native, native_text, native_listing, addresses())

@@ -162,6 +162,8 @@ def parse_tables(text: str) -> Tables:
             existing = current.get(name)
             current[name] = Chain(policy, existing.rules if existing else [])
             continue
+        if line.startswith("["):  # `iptables-save -c`: [packets:bytes] before the rule
+            line = line.partition("]")[2].strip()
         try:
             words = shlex.split(line)
         except ValueError as err:
