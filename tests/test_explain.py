@@ -217,3 +217,44 @@ def test_init_path_imports_none_of_explain_or_verify() -> None:
             "'istio_iptables.lab', 'istio_iptables.kernel.live_rules'))]; print(bad)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+NFT_JSON = json.dumps({"nftables": [
+    {"chain": {"family": "inet", "table": "istio-proxy-nat", "name": "output", "handle": 2, "type": "nat",
+               "hook": "output", "prio": -100, "policy": "accept"}},
+    {"chain": {"family": "inet", "table": "istio-proxy-nat", "name": "istio-output", "handle": 3}},
+    {"chain": {"family": "inet", "table": "istio-proxy-nat", "name": "istio-redirect", "handle": 4}},
+    {"rule": {"table": "istio-proxy-nat", "chain": "output", "handle": 5,
+              "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "istio-output"}}]}},
+    {"rule": {"table": "istio-proxy-nat", "chain": "istio-output", "handle": 6, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                   "right": {"prefix": {"addr": "10.96.0.0", "len": 12}}}}, {"return": None}]}},
+    {"rule": {"table": "istio-proxy-nat", "chain": "istio-output", "handle": 7, "expr": [
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                   "right": {"set": [53, 15008]}}},
+        {"match": {"op": "==", "left": {"meta": {"key": "cgroup"}}, "right": 7}}, {"return": None}]}},
+    {"rule": {"table": "istio-proxy-nat", "chain": "istio-output", "handle": 8,
+              "expr": [{"jump": {"target": "istio-redirect"}}]}},
+    {"rule": {"table": "istio-proxy-nat", "chain": "istio-redirect", "handle": 9, "expr": [
+        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+        {"redirect": {"port": 15001}}]}},
+]})  # fmt: skip
+
+
+def test_native_nftables_rules_translate_per_family_and_unknowns_are_uncertain() -> None:
+    from istio_iptables.model.nft_explain import tables_from_nft_json
+
+    listing = ("table inet istio-proxy-nat { # handle 1\n\tchain istio-output { # handle 3\n"
+               "\t\tip daddr 10.96.0.0/12 counter packets 3 bytes 180 return # handle 6\n\t}\n}\n")
+    tables, notes = tables_from_nft_json(NFT_JSON, listing)
+    assert notes == []
+    assert len(tables[4]["nat"]["ISTIO_OUTPUT"].rules) == 3
+    assert len(tables[6]["nat"]["ISTIO_OUTPUT"].rules) == 2  # the `ip daddr` rule is IPv4 only
+    assert tables[4]["nat"]["ISTIO_OUTPUT"].rules[0].text == \
+        "[istio-proxy-nat istio-output] ip daddr 10.96.0.0/12 counter return"
+    excluded = explain(tables, _out("10.96.0.10", 443), POD)
+    assert (excluded.port, excluded.reason, excluded.uncertain) == (443, "10.96.0.0/12 is in -x: passes", False)
+    # tcp dport 80 is not in {53, 15008}; the cgroup match cannot be decided: uncertain, assumed not to match.
+    other = explain(tables, _out("198.51.100.10", 80), POD)
+    assert (other.port, other.captured, other.uncertain) == (15001, True, True)
+    assert any("cgroup" in u for u in other.unknowns)
