@@ -258,3 +258,13 @@ def test_native_nftables_rules_translate_per_family_and_unknowns_are_uncertain()
     other = explain(tables, _out("198.51.100.10", 80), POD)
     assert (other.port, other.captured, other.uncertain) == (15001, True, True)
     assert any("cgroup" in u for u in other.unknowns)
+
+
+def test_a_foreign_rule_is_named_as_such_not_as_a_flag() -> None:
+    foreign = SAVED.replace("-A OUTPUT -j ISTIO_OUTPUT",
+                            '-A OUTPUT -p tcp -m tcp --dport 5432 -m comment --comment "db bypass" -j RETURN\n'
+                            "-A OUTPUT -j ISTIO_OUTPUT")
+    answer = explain({4: parse_tables(foreign)}, _out("198.51.100.10", 5432), POD)
+    assert (answer.captured, answer.port) == (False, 5432)
+    assert "not one of Istio's rules" in answer.reason and "db bypass" in answer.reason
+    assert explain({4: parse_tables(foreign)}, _out("198.51.100.10", 5433), POD).port == 15001

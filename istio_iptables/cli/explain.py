@@ -214,8 +214,11 @@ def render_text(request: Request, answer: Answer, notes: list[str]) -> str:
         lines.append(f"  {mark}  {where}  {step.rule}" + (f"   <- {step.note}" if step.note else ""))
     if answer.verdict == "dropped":
         lines.append("=> dropped")
+    elif answer.via == "TPROXY":
+        lines.append(f"=> captured: lands on the listener on port {answer.port} (TPROXY keeps the destination "
+                     f"{_hostport(answer.address or '?', conn.dport)})")
     elif answer.captured:
-        lines.append(f"=> captured: lands on {_hostport(answer.address or '?', answer.port or 0)}")
+        lines.append(f"=> captured ({answer.via}): lands on {_hostport(answer.address or '?', answer.port or 0)}")
     else:
         lines.append(f"=> passes: lands on {_hostport(answer.address or '?', answer.port or 0)}")
     lines.append(f"   {answer.reason}")

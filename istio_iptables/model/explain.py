@@ -90,12 +90,13 @@ class Answer(NamedTuple):
     reason: str
     unknowns: tuple[str, ...]
     family: int
+    via: str = ""  # REDIRECT, TPROXY or DNAT when captured
 
     def as_dict(self) -> dict[str, object]:
         return {
             "captured": self.captured, "port": self.port, "address": self.address, "verdict": self.verdict,
             "uncertain": self.uncertain, "reason": self.reason, "unknowns": list(self.unknowns),
-            "family": self.family,
+            "family": self.family, "via": self.via,
             "path": [{"table": s.table, "chain": s.chain, "rule": s.rule, "matched": s.matched,
                       **({"note": s.note} if s.note else {})} for s in self.path],
         }  # fmt: skip
@@ -488,9 +489,10 @@ def _answer(walker: _Walker, pkt: _Packet, tables: Tables, cfg: CaptureConfig | 
         return Answer(False, None, None, "dropped", bool(unknowns), path, f"dropped: {pkt.dropped}", unknowns,
                       conn.family)
     if pkt.tproxy_port is not None:
-        port, address, captured = pkt.tproxy_port, pkt.dst, True
+        port, address, captured, via = pkt.tproxy_port, pkt.dst, True, "TPROXY"
     else:
         port, address, captured = pkt.dport, pkt.dst, pkt.dnat
+        via = next((str(d.rule.target) for d in walker.decisions if d.rule.target in ("REDIRECT", "DNAT")), "")
     if conn.inbound and not captured and not walker.is_local(pkt.dst) and walker.pod.addresses:
         reason = f"{pkt.dst} is not one of the pod's addresses: not delivered to the pod"
         return Answer(False, None, None, "dropped", bool(unknowns), path, reason, unknowns, conn.family)
@@ -500,7 +502,7 @@ def _answer(walker: _Walker, pkt: _Packet, tables: Tables, cfg: CaptureConfig | 
                   "passes" if conn.family == 6 else "no IPv4 rules at all: passes")
     else:
         reason = _reason(walker, pkt, cfg, captured)
-    return Answer(captured, port, address, verdict, bool(unknowns), path, reason, unknowns, conn.family)
+    return Answer(captured, port, address, verdict, bool(unknowns), path, reason, unknowns, conn.family, via)
 
 
 def _reason(walker: _Walker, pkt: _Packet, cfg: CaptureConfig | None, captured: bool) -> str:
@@ -527,6 +529,17 @@ def _decisive(decisions: list[_Decision], captured: bool, inbound: bool) -> _Dec
     return None
 
 
+def _istio_rule(d: _Decision) -> bool:
+    """Whether a rule is shaped like one of Istio's: in an ISTIO_ chain, a jump into
+    one, or a built-in chain's interface RETURN (-c, -k).  Anything else in the live
+    rules is someone else's, and the reason says so instead of naming a flag."""
+    rule = d.rule
+    if d.chain.startswith("ISTIO_") or str(rule.target).startswith("ISTIO_"):
+        return True
+    kinds = {m.kind for m in rule.matches} - {"comment"}
+    return rule.target == "RETURN" and bool(kinds) and kinds <= {"iif", "oif"}
+
+
 def _first(rule: ParsedRule, kind: str, *, negated: bool | None = False) -> Match | None:
     return next((m for m in rule.matches if m.kind == kind and (negated is None or m.negated == negated)), None)
 
@@ -540,6 +553,8 @@ def _words(d: _Decision, conn: Connection, cfg: CaptureConfig | None) -> str:
             return f"DNS to {conn.dst}:53 is captured by the agent"
         jumped = d.caller if d.caller is not None else rule
         return _capture_words(jumped, d.caller_chain or d.chain, conn, cfg)
+    if not _istio_rule(d):
+        return f"`{rule.text}` in {d.table} {d.chain}, not one of Istio's rules, matched"
     owner_uid, owner_gid = _first(rule, "uid", negated=None), _first(rule, "gid", negated=None)
     oif_lo = any(m.kind == "oif" and m.value == "lo" and not m.negated for m in rule.matches)
     src = _first(rule, "src")
