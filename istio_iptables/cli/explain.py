@@ -127,7 +127,8 @@ def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables]
         ipv6 = hostfacts.ipv6_from_addresses(addresses, capture.dual_stack)
     else:
         ipv6 = False
-        notes.append("no --pod-ip: assuming an IPv4-only pod (give --pod-ip or --ipv6 on for IPv6 rules)")
+        notes.append("no --pod-ip: assuming an IPv4-only pod whose own addresses are unknown, so only loopback "
+                     "counts as the pod itself (give --pod-ip; --ipv6 on for IPv6 rules)")
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     if capture.redirect_dns and not capture.capture_all_dns:
         servers = hostfacts.read_nameservers(run.resolv_conf)
