@@ -266,6 +266,12 @@ def own_options(func: Any) -> Any:
     return func
 
 
+def capture_flags(func: Any) -> Any:
+    """Every capture and host-fact flag of the main command (after our own options
+    in --help), except the ones explain defines itself."""
+    return add_options(func, exclude=OWN_EXCLUDED)
+
+
 def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(ctx.get_help(), color=ctx.color)
@@ -277,6 +283,7 @@ def make_command(result: dict[str, Any]) -> click.Command:
     @own_options
     @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
                   help="Show this message and exit.")
+    @capture_flags
     def command(**values: Any) -> None:
         """Explain where one connection lands under the capture rules, and why: every
         rule netfilter evaluates for its first packet (raw, mangle, nat, filter; jumps,
@@ -291,11 +298,10 @@ def make_command(result: dict[str, Any]) -> click.Command:
           istio-iptables explain -i '*' -x 10.96.0.0/12 --to 10.96.0.10:443
           istio-iptables explain -b '*' -d 15020 --inbound --to 10.1.2.3:15020
           istio-iptables explain --redirect-dns --udp --to 10.96.0.10:53 --pod-ip 10.1.2.3
-          nsenter -n -t PID istio-iptables explain --live --to 10.0.0.1:80 --output json"""
+          istio-iptables explain --live --network-namespace /proc/PID/ns/net --to 10.0.0.1:80 --output json"""
         result.update(values)
 
-    made: click.Command = add_options(command, exclude=OWN_EXCLUDED)
-    return made
+    return command
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, Request] | int:
@@ -331,6 +337,10 @@ def main(argv: Sequence[str]) -> int:
         return parsed
     settings, request = parsed
     try:
+        if request.live and settings.run.network_namespace:
+            from istio_iptables.kernel.netns import enter
+
+            enter(settings.run.network_namespace)  # --live --network-namespace: read that pod's rules
         answer, notes = answer_for(settings, request)
     except HostFactsError as err:
         return usage_error(str(err))

@@ -46,6 +46,10 @@ def apply_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in drop}
 
 
+def _capture_flags(func: Any) -> Any:
+    return add_options(func, exclude=("output",))
+
+
 def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(ctx.get_help(), color=ctx.color)
@@ -58,6 +62,7 @@ def make_command(result: dict[str, Any]) -> click.Command:
                   help="text (a table) or json.")
     @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
                   help="Show this message and exit.")
+    @_capture_flags
     def command(**values: Any) -> None:
         """Prove the capture with real traffic (root): build a scratch pod and peer
         namespace joined by veth (IPv6 too with --dual-stack or --ipv6 on), apply
@@ -78,8 +83,7 @@ def make_command(result: dict[str, Any]) -> click.Command:
           sudo istio-iptables verify -i '*' -x 10.96.0.0/12 -b '*' -d 15090,15021,15020 --redirect-dns"""
         result.update(values)
 
-    made: click.Command = add_options(command, exclude=("output",))
-    return made
+    return command
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, list[str], str] | int:
