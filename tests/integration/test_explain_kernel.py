@@ -127,5 +127,6 @@ def test_enough_connections_were_checked() -> None:
     """The property test above must have sent several hundred real connections."""
     if TOTAL["connections"] == 0:
         pytest.skip("run together with the property test")
+    print(f"explain vs kernel: {TOTAL['connections']} distinct connections over {EXAMPLES} flag sets")
     # Drawn connections repeat now and then (deduplicated): at least half are distinct.
     assert TOTAL["connections"] >= EXAMPLES * CONNECTIONS_PER_FLAG_SET // 2
