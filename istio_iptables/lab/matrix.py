@@ -97,10 +97,15 @@ def expect_outbound(cfg: CaptureConfig, lab: Lab, family: int, proto: str, dst: 
     ip = ipaddress.ip_address(dst)
     own = dst == lab.pod.get(family)
     local = ip.is_loopback or own
-    if port in cfg.outbound_exclude_ports:
-        return port, local, f"port {port} is in -o"
     if src in ("127.0.0.6", "::6") and local:
         return port, True, "source is the proxy's inbound passthrough address"
+    if proxy and own and proto == "tcp" and cfg.tproxy and _tproxy_captures(cfg, port):
+        # Whatever nat decided, the proxy's packet to its own pod address comes back
+        # through lo marked 1338, and mangle's ISTIO_INBOUND TPROXYs it (unless nat
+        # already rewrote it to 127.0.0.1, which lands on the same port).
+        return cfg.inbound_capture_port, True, "the proxy's own connection to the pod comes back by lo: TPROXY"
+    if port in cfg.outbound_exclude_ports:
+        return port, local, f"port {port} is in -o"
     if proxy:
         in_redirect = (proto == "tcp" and own and port != cfg.inbound_tunnel_port
                        and not (cfg.redirect_dns and port == DNS_PORT))
@@ -130,6 +135,13 @@ def expect_outbound(cfg: CaptureConfig, lab: Lab, family: int, proto: str, dst: 
     if included:
         return cfg.proxy_port, True, "-i '*'" if cfg.outbound_cidrs.wildcard else f"{included} is in -i"
     return port, local, "not in -i"
+
+
+def _tproxy_captures(cfg: CaptureConfig, port: int) -> bool:
+    """Whether mangle's ISTIO_INBOUND (TPROXY) takes a port: -b '*' minus -d, or -b's list."""
+    if cfg.inbound_ports_all:
+        return port not in cfg.inbound_exclude_ports
+    return port in cfg.inbound_ports
 
 
 def expect_inbound(cfg: CaptureConfig, lab: Lab, port: int) -> tuple[int, bool, str]:

@@ -600,6 +600,9 @@ def _words(d: _Decision, conn: Connection, cfg: CaptureConfig | None) -> str:
 
 def _capture_words(rule: ParsedRule, chain: str, conn: Connection, cfg: CaptureConfig | None) -> str:
     """Why the jump into the redirect chain happened."""
+    if not conn.inbound and chain in ("ISTIO_INBOUND", "PREROUTING"):
+        return (f"the connection to the pod's own address {conn.dst} comes back in through lo"
+                + (" with the proxy's mark" if conn.uid is not None else "") + " and is captured as inbound")
     if rule.target == "ISTIO_IN_REDIRECT" and chain == "ISTIO_OUTPUT":
         return (f"uid {conn.uid} (the proxy) calls the pod's own address {conn.dst} over lo: "
                 "sent to the inbound listener")
