@@ -196,6 +196,9 @@ def build_probes(cfg: CaptureConfig, lab: Lab, nameservers: dict[int, tuple[str,
         for flag, ports in (("-q", cfg.outbound_ports), ("-o", cfg.outbound_exclude_ports)):
             for port in ports:
                 out(f"app {fam} -> outside:{port} ({flag})", family, "tcp", outside, port, APP_UID)
+        if proxy_uid is not None:
+            for port in cfg.outbound_exclude_ports:  # with TPROXY, -o does not spare these
+                out(f"proxy {fam} -> pod itself:{port} (-o)", family, "tcp", pod, port, proxy_uid)
         if cfg.redirect_dns:
             server = (nameservers.get(family) or (NAMESERVER[family],))[0]
             out(f"app {fam} dns udp -> {server}", family, "udp", server, DNS_PORT, APP_UID)
