@@ -147,6 +147,9 @@ def test_drop_policy_goto_and_socketless_owner_negation() -> None:
     # goto X, jump Y: a packet without a socket matches a negated owner test (xt_owner).
     dropped = explain(tables, _in("10.1.2.3", 80), POD)
     assert dropped.verdict == "dropped" and dropped.port is None
+    # RETURN from a built-in chain hands the packet to the chain's policy.
+    returned = {4: parse_tables("*filter\n:OUTPUT DROP [0:0]\n-A OUTPUT -p tcp -j RETURN\nCOMMIT\n")}
+    assert explain(returned, _out("198.51.100.10", 80), POD).verdict == "dropped"
     tables[4]["filter"]["INPUT"] = tables[4]["filter"]["INPUT"]._replace(policy="ACCEPT")
     answer = explain(tables, _in("10.1.2.3", 80), POD)
     assert (answer.port, answer.address) == (3, "10.1.2.3")

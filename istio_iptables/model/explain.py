@@ -280,10 +280,7 @@ class _Walker:
             rules = chains[current].rules if current in chains else []
             if index >= len(rules):
                 if not stack:
-                    policy = chains[chain].policy
-                    if policy == "DROP":
-                        pkt.dropped = f"policy DROP of {table} {chain}"
-                        self.path.append(Step(table, chain, f":{chain} DROP (policy)", True))
+                    self._policy(pkt, table, chain, chains[chain].policy)
                     return
                 current, index, caller = stack.pop()
                 caller_chain = stack[-1][0] if stack else chain
@@ -302,7 +299,8 @@ class _Walker:
             if outcome == "continue":
                 continue
             if outcome == "return":
-                if not stack:
+                if not stack:  # RETURN in a built-in chain: its policy decides
+                    self._policy(pkt, table, chain, chains[chain].policy)
                     return
                 current, index, caller = stack.pop()
                 caller_chain = stack[-1][0] if stack else chain
@@ -316,6 +314,11 @@ class _Walker:
                 continue
             return  # a verdict: this table is done with the packet
         self.unknowns.append(f"{table} {chain}: too many rules walked (a loop?)")
+
+    def _policy(self, pkt: _Packet, table: str, chain: str, policy: str) -> None:
+        if policy == "DROP":
+            pkt.dropped = f"policy DROP of {table} {chain}"
+            self.path.append(Step(table, chain, f":{chain} DROP (policy)", True))
 
     def _target(self, pkt: _Packet, table: str, chain: str, rule: ParsedRule,
                 chains: Mapping[str, object], caller: ParsedRule | None, caller_chain: str) -> str:
