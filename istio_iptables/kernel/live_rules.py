@@ -41,11 +41,23 @@ def _save(binary: rb.Binary) -> str | None:
         return None
 
 
+def _legacy_has_tables(family: int) -> bool:
+    """Like iptables_restore.legacy_has_tables, but through /proc/thread-self: /proc/net
+    follows the thread-group leader, and verify reads a scratch namespace from a thread
+    that alone has entered it."""
+    name = "ip_tables_names" if family == 4 else "ip6_tables_names"
+    try:
+        with open(f"/proc/thread-self/net/{name}", encoding="ascii") as handle:
+            return bool(handle.read().strip())
+    except OSError:
+        return rb.legacy_has_tables(family)
+
+
 def read_family(family: int) -> tuple[str, str, list[str]]:
     """(save text, source, notes) for one family."""
     notes: list[str] = []
     found: list[tuple[str, str]] = []
-    if rb.legacy_has_tables(family):
+    if _legacy_has_tables(family):
         text = _save(rb.Binary(family, "legacy"))
         if text and _has_rules(text):
             found.append((text, rb.Binary(family, "legacy").save))

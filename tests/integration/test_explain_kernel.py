@@ -57,6 +57,7 @@ FLAG_SETS = st.fixed_dictionaries({
     "outbound_exclude_ports": _ports((25, 443)),
     "exclude_interfaces": st.sampled_from(["", "", "", "eth0", "eth9"]),
     "native_nftables": st.booleans(),
+    "force_iptables_binary": st.sampled_from(["", "", "legacy"]),  # --live reads iptables-legacy-save then
 })  # fmt: skip
 
 
