@@ -257,8 +257,12 @@ def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup:
     return Settings(capture=build_capture(raw, default_uid), run=run, envoy_user=envoy_user)
 
 
-def add_options(func: Any) -> Any:
+def add_options(func: Any, exclude: Sequence[str] = ()) -> Any:
+    """Every Istio flag as a click option (`exclude`: dests a subcommand defines itself,
+    e.g. explain's own --output)."""
     for opt in reversed(OPTIONS):
+        if opt.dest in exclude:
+            continue
         decls = [opt.long] + ([opt.short] if opt.short else [])
         env_note = " [env: " + ", ".join(opt.envs) + "]" if opt.envs else ""
         if opt.is_flag:

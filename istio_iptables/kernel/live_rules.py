@@ -1,0 +1,114 @@
+"""Read what is really installed in the current network namespace, for
+`explain --live`: each family's iptables rules (from whichever backend holds them),
+the native nftables tables, and the namespace's addresses.
+
+Both iptables backends can hold rules at once and the kernel runs both; the walk
+evaluates one, so when both hold rules that is said, not hidden.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+from istio_iptables.kernel import iptables_restore as rb
+from istio_iptables.kernel import spawn
+from istio_iptables.kernel.netlink import interface_addresses, nft_has_tables
+
+NATIVE_TABLES = ("istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
+
+
+class LiveRules(NamedTuple):
+    texts: dict[int, str]  # family -> -save text evaluated
+    sources: dict[int, str]  # family -> the binary that produced it
+    notes: tuple[str, ...]
+    native_tables: tuple[str, ...]  # our inet tables written by --native-nftables
+    native_text: str  # `nft -j list table` of each, one JSON document per line
+    native_listing: str  # `nft -a list table` of each: the rules as text, with handles
+    addresses: tuple[tuple[str, str], ...]  # (interface, address)
+
+
+def _has_rules(text: str) -> bool:
+    return any(line.startswith(("-A ", "-I ")) for line in text.splitlines())
+
+
+def _save(binary: rb.Binary) -> str | None:
+    if rb.which(binary.save) is None:
+        return None
+    try:
+        return rb.save(binary)
+    except rb.IptablesError:
+        return None
+
+
+def _legacy_has_tables(family: int) -> bool:
+    """Like iptables_restore.legacy_has_tables, but through /proc/thread-self: /proc/net
+    follows the thread-group leader, and verify reads a scratch namespace from a thread
+    that alone has entered it."""
+    name = "ip_tables_names" if family == 4 else "ip6_tables_names"
+    try:
+        with open(f"/proc/thread-self/net/{name}", encoding="ascii") as handle:
+            return bool(handle.read().strip())
+    except OSError:
+        return rb.legacy_has_tables(family)
+
+
+def read_family(family: int) -> tuple[str, str, list[str]]:
+    """(save text, source, notes) for one family."""
+    notes: list[str] = []
+    found: list[tuple[str, str]] = []
+    if _legacy_has_tables(family):
+        text = _save(rb.Binary(family, "legacy"))
+        if text and _has_rules(text):
+            found.append((text, rb.Binary(family, "legacy").save))
+    if nft_has_tables(family) is not False:
+        text = _save(rb.Binary(family, "nft"))
+        if text and _has_rules(text):
+            found.append((text, rb.Binary(family, "nft").save))
+    if not found:
+        return "", "no iptables rules", notes
+    if len(found) > 1:
+        ours = [f for f in found if "ISTIO_" in f[0]] or found
+        notes.append(f"IPv{family}: both iptables-legacy and iptables-nft hold rules and the kernel runs both; "
+                     f"only {ours[0][1]} (the one with ISTIO_ chains) is evaluated")
+        return ours[0][0], ours[0][1], notes
+    return found[0][0], found[0][1], notes
+
+
+def read_native() -> tuple[tuple[str, ...], str, str]:
+    """Our native nftables tables present now: names, `nft -j` JSON and `nft -a` text."""
+    if rb.which("nft") is None:
+        return (), "", ""
+    present: list[str] = []
+    documents: list[str] = []
+    listings: list[str] = []
+    for table in NATIVE_TABLES:
+        done = spawn.run(["nft", "-j", "list", "table", "inet", table], timeout=30)
+        if done.returncode == 0:
+            present.append(table)
+            documents.append(" ".join(done.stdout.split("\n")))
+            listings.append(spawn.run(["nft", "-a", "list", "table", "inet", table], timeout=30).stdout)
+    return tuple(present), "\n".join(documents), "".join(listings)
+
+
+def addresses() -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for index, address in interface_addresses():
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            name = str(index)
+        out.append((name, address))
+    return tuple(out)
+
+
+def read_live() -> LiveRules:
+    texts: dict[int, str] = {}
+    sources: dict[int, str] = {}
+    notes: list[str] = []
+    for family in (4, 6):
+        text, source, family_notes = read_family(family)
+        texts[family], sources[family] = text, source
+        notes += family_notes
+    native, native_text, native_listing = read_native()
+    return LiveRules(texts, sources, tuple(notes), native, native_text, native_listing, addresses())
