@@ -271,3 +271,47 @@ def test_a_foreign_rule_is_named_as_such_not_as_a_flag() -> None:
     assert (answer.captured, answer.port) == (False, 5432)
     assert "not one of Istio's rules" in answer.reason and "db bypass" in answer.reason
     assert explain({4: parse_tables(foreign)}, _out("198.51.100.10", 5433), POD).port == 15001
+
+
+POD_MANIFEST = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata:
+      annotations:
+        traffic.sidecar.istio.io/excludeOutboundIPRanges: "10.96.0.0/12"
+    spec:
+      containers: [{name: app, image: x}]
+"""
+
+
+def test_from_pod_takes_the_capture_from_the_manifest_and_explicit_flags_win(
+        tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    manifest = Path(str(tmp_path)) / "web.yaml"
+    manifest.write_text(POD_MANIFEST)
+    assert explain_main(["--from-pod", str(manifest), "--to", "10.96.0.10:443", "--output", "json"]) == 0
+    excluded = json.loads(capsys.readouterr().out)
+    assert (excluded["captured"], excluded["port"]) == (False, 443)
+    assert "-x" in excluded["reason"]
+    # An explicit -x after the manifest replaces the annotation's list.
+    assert explain_main(["--from-pod", str(manifest), "-x", "", "--to", "10.96.0.10:443", "--output", "json"]) == 0
+    captured = json.loads(capsys.readouterr().out)
+    assert (captured["captured"], captured["port"]) == (True, 15001)
+
+
+def test_verify_reads_from_pod_through_the_same_parser(tmp_path: pytest.TempPathFactory) -> None:
+    from pathlib import Path
+
+    from istio_iptables.cli.verify import parse
+
+    manifest = Path(str(tmp_path)) / "web.yaml"
+    manifest.write_text(POD_MANIFEST)
+    parsed = parse(["--from-pod", str(manifest)], {})
+    assert not isinstance(parsed, int)
+    settings, argv, _ = parsed
+    assert [c for c in settings.capture.outbound_exclude_cidrs.v4] == ["10.96.0.0/12"]
+    assert "10.96.0.0/12" in argv

@@ -6,7 +6,6 @@ from the one planner rendered as restore text (or, with --live, from the namespa
 model/explain.py decides.  Never on the init path.
 """
 
-from __future__ import annotations
 
 import os
 import sys
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
-from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv
+from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv, with_pod_flags
 from istio_iptables.model.config import ConfigError
 from istio_iptables.model.explain import Answer, Connection, Pod, explain
 from istio_iptables.model.iptables_match import Tables
@@ -103,17 +102,16 @@ def build_request(own: Mapping[str, Any]) -> Request:
 
 
 def settings_from(given: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """The capture settings, through the one parser.  (This is where `--from-pod`
-    will merge the manifest's flags and env: the args it yields are parsed as flags
-    and its env overlays `env`, explicit flags winning.)"""
+    """The capture settings, through the one parser."""
     return build_settings(given, env)
 
 
 def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables], Pod, list[str]]:
     """The plan's rules, read back through the same parser --live uses."""
     from istio_iptables.model import hostfacts
+    from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH
     from istio_iptables.model.iptables_match import parse_tables
-    from istio_iptables.model.iptables_plan import IPV6_INBOUND_PASSTHROUGH, build_plan
+    from istio_iptables.model.iptables_plan import build_plan
     from istio_iptables.model.iptables_render import restore_text
 
     capture, run = settings.capture, settings.run
@@ -142,7 +140,7 @@ def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables]
     return tables, Pod(tuple(addresses), request.interface), notes
 
 
-def live_tables(request: Request, live: LiveRules | None = None) -> tuple[dict[int, Tables], Pod, list[str], bool]:
+def live_tables(request: Request, live: "LiveRules | None" = None) -> tuple[dict[int, Tables], Pod, list[str], bool]:
     """The namespace's installed rules and addresses (read now unless given); the flag
     says whether something installed could not be evaluated."""
     from istio_iptables.model.iptables_match import parse_tables
@@ -185,7 +183,7 @@ def live_tables(request: Request, live: LiveRules | None = None) -> tuple[dict[i
     return tables, Pod(tuple(own), interface), notes, uncertain
 
 
-def answer_for(settings: Settings, request: Request, live: LiveRules | None = None) -> tuple[Answer, list[str]]:
+def answer_for(settings: Settings, request: Request, live: "LiveRules | None" = None) -> tuple[Answer, list[str]]:
     """The one entry `explain` and `verify` share (`live`: rules already read, e.g. by
     verify inside its scratch namespace)."""
     uncertain = False
@@ -309,6 +307,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, Reques
     reported in one line)."""
     values: dict[str, Any] = {}
     try:
+        argv, env = with_pod_flags(argv, env)
         make_command(values).main(args=normalize_argv(argv), prog_name=PROG, standalone_mode=False)
         if not values:
             return 0  # --help

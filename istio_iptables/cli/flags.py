@@ -339,6 +339,17 @@ def wants_from_pod(argv: Sequence[str]) -> bool:
     return any(arg == "--from-pod" or arg.startswith("--from-pod=") for arg in argv)
 
 
+def with_pod_flags(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str], Mapping[str, str]]:
+    """`--from-pod FILE` replaced by the flags of the manifest's pod template (first, so
+    explicit flags win) and its env under `env`; unchanged without it.  Raises
+    ConfigError for a manifest that does not give one pod template."""
+    if not wants_from_pod(argv):
+        return list(argv), env
+    from istio_iptables.inject.frompod import expand_from_pod
+
+    return expand_from_pod(argv, env)
+
+
 def wants_json_logs(argv: Sequence[str], env: Mapping[str, str]) -> bool:
     """Whether these arguments ask for JSON logs, read leniently (it must not fail: the
     answer decides how a usage error about the very same arguments is printed)."""
@@ -360,10 +371,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str], *, cleanup: bool = F
     """Istio's flags as a list (as the CNI plugin's `"capture"` key and `explain` take
     them) into Settings, through the same table and validation as the command line.
     Raises ConfigError naming the flag and value."""
-    if wants_from_pod(argv):
-        from istio_iptables.inject.frompod import expand_from_pod
-
-        argv, env = expand_from_pod(argv, env)
+    argv, env = with_pod_flags(argv, env)
     given: dict[str, Any] = {}
 
     @click.command(add_help_option=False)

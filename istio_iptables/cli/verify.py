@@ -7,7 +7,6 @@ predicts from the plan and from the installed rules, and what the kernel did.
 Exit 0 only when every row agrees.  Root only; never on the init path.
 """
 
-from __future__ import annotations
 
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import click
 
 from istio_iptables.cli.explain import usage_error
-from istio_iptables.cli.flags import OPTIONS, Settings, add_options, build_settings, normalize_argv
+from istio_iptables.cli.flags import OPTIONS, Settings, add_options, build_settings, normalize_argv, with_pod_flags
 from istio_iptables.model.config import ConfigError
 
 PROG = "istio-iptables verify"
@@ -89,12 +88,11 @@ def make_command(result: dict[str, Any]) -> click.Command:
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Settings, list[str], str] | int:
     values: dict[str, Any] = {}
     try:
+        argv, env = with_pod_flags(argv, env)
         make_command(values).main(args=normalize_argv(argv), prog_name=PROG, standalone_mode=False)
         if not values:
             return 0
         output = values.pop("verify_output")
-        # --from-pod will add the manifest's flags to `values` (explicit flags winning)
-        # and its env to `env` here; the rest follows unchanged.
         return build_settings(values, env), capture_argv(values), output
     except ConfigError as err:
         return usage_error(str(err), PROG)

@@ -6,7 +6,6 @@ Both iptables backends can hold rules at once and the kernel runs both; the walk
 evaluates one, so when both hold rules that is said, not hidden.
 """
 
-from __future__ import annotations
 
 import socket
 from typing import NamedTuple

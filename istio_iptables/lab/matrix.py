@@ -8,7 +8,6 @@ meanings (precedence: -o ports, the proxy's owner, loopback and the pod itself,
 the kernel against the intent as well as against each other.
 """
 
-from __future__ import annotations
 
 import ipaddress
 from typing import NamedTuple

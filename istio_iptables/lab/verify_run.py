@@ -6,7 +6,6 @@ Everything it creates (namespaces, listeners, a temporary resolv.conf) is remove
 when `run_verify` returns or raises, including on KeyboardInterrupt.
 """
 
-from __future__ import annotations
 
 import contextlib
 import os
@@ -145,7 +144,7 @@ class Scratch:
         self.applied = ""
         self.live: LiveRules | None = None
 
-    def __enter__(self) -> Scratch:
+    def __enter__(self) -> "Scratch":
         fd, self.resolv = tempfile.mkstemp(prefix="istio-iptables-verify-", suffix=".resolv.conf")
         try:
             with os.fdopen(fd, "w", encoding="ascii") as handle:

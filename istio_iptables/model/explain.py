@@ -25,13 +25,13 @@ that was not given) counts as "does not match", and the answer is marked uncerta
 with the rule named: it never guesses silently.
 """
 
-from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.constants import ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
 from istio_iptables.model.iptables_match import Match, ParsedRule, Tables
 
 # The kernel's default net.ipv4.ip_local_port_range: where a client's source port is.
@@ -527,7 +527,7 @@ def _decisive(decisions: list[_Decision], captured: bool, inbound: bool) -> _Dec
     tables = ("nat", "mangle") if inbound else ("nat",)
     chains = ("PREROUTING",) if inbound else ("OUTPUT",)
     for d in decisions:
-        if d.table in tables and (d.chain.startswith("ISTIO_") or d.chain in chains):
+        if d.table in tables and (d.chain.startswith(ISTIO_PREFIX) or d.chain in chains):
             return d
     return None
 
@@ -537,7 +537,7 @@ def _istio_rule(d: _Decision) -> bool:
     one, or a built-in chain's interface RETURN (-c, -k).  Anything else in the live
     rules is someone else's, and the reason says so instead of naming a flag."""
     rule = d.rule
-    if d.chain.startswith("ISTIO_") or str(rule.target).startswith("ISTIO_"):
+    if d.chain.startswith(ISTIO_PREFIX) or str(rule.target).startswith(ISTIO_PREFIX):
         return True
     kinds = {m.kind for m in rule.matches} - {"comment"}
     return rule.target == "RETURN" and bool(kinds) and kinds <= {"iif", "oif"}
@@ -603,10 +603,10 @@ def _words(d: _Decision, conn: Connection, cfg: CaptureConfig | None) -> str:
 
 def _capture_words(rule: ParsedRule, chain: str, conn: Connection, cfg: CaptureConfig | None) -> str:
     """Why the jump into the redirect chain happened."""
-    if not conn.inbound and chain in ("ISTIO_INBOUND", "PREROUTING"):
+    if not conn.inbound and chain in (ISTIO_INBOUND, "PREROUTING"):
         return (f"the connection to the pod's own address {conn.dst} comes back in through lo"
                 + (" with the proxy's mark" if conn.uid is not None else "") + " and is captured as inbound")
-    if rule.target == "ISTIO_IN_REDIRECT" and chain == "ISTIO_OUTPUT":
+    if rule.target == ISTIO_IN_REDIRECT and chain == ISTIO_OUTPUT:
         return (f"uid {conn.uid} (the proxy) calls the pod's own address {conn.dst} over lo: "
                 "sent to the inbound listener")
     dst, dport, iif = _first(rule, "dst"), _first(rule, "dport"), _first(rule, "iif")

@@ -9,7 +9,6 @@ match, which the evaluator reports as uncertain instead of guessing.
 Pure: no I/O.
 """
 
-from __future__ import annotations
 
 import shlex
 from typing import NamedTuple

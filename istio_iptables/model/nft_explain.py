@@ -13,7 +13,6 @@ same in both modes.  An expression this translation does not know becomes an
 Pure: the JSON and the `nft -a list` text are read by kernel/live_rules.py.
 """
 
-from __future__ import annotations
 
 import json
 import re
