@@ -461,6 +461,11 @@ class Listener:
             self._state.hits.clear()
             self._state.errors.clear()
 
+    def request_stop(self) -> None:
+        """Ask the server thread to finish at its next poll, without waiting: a lab
+        with dozens of listeners stops them all at once, then joins each."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the server thread and close the socket (idempotent, bounded)."""
         self._stop.set()
@@ -918,6 +923,8 @@ class NetLab:
                 return
             self._closed = True
             listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.request_stop()
         for listener in listeners:
             with contextlib.suppress(Exception):  # best-effort teardown
                 listener.close()
