@@ -44,7 +44,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("inbound_capture_port", "--inbound-capture-port", "-z", ("INBOUND_CAPTURE_PORT",), str(INBOUND_CAPTURE_PORT),
            "Port that inbound TCP is redirected to."),
     Option("inbound_tunnel_port", "--inbound-tunnel-port", "-e", ("INBOUND_TUNNEL_PORT",), str(INBOUND_TUNNEL_PORT),
-           "HBONE tunnel port: exempt from inbound capture in REDIRECT mode (TPROXY with -b '*' captures it, as Istio does)."),
+           "HBONE tunnel port: not captured inbound in REDIRECT mode (TPROXY with -b '*' captures it, as Istio)."),
     Option("proxy_uid", "--proxy-uid", "-u", ("PROXY_UID",), "",
            f"Comma list of proxy uids exempt from capture (default: uid of $ENVOY_USER, else {PROXY_UID})."),
     Option("proxy_gid", "--proxy-gid", "-g", ("PROXY_GID",), "", "Comma list of proxy gids (default: as -u)."),

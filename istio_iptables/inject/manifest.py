@@ -25,7 +25,7 @@ class ManifestError(ConfigError):
     """A file that cannot be read or is not the YAML we need; names the file.  A
     ConfigError, so every entry point reports it as bad input (one line, exit 2)."""
 
-    def __init__(self, source: str, reason: str) -> None:  # noqa: super-init-not-called
+    def __init__(self, source: str, reason: str) -> None:  # ConfigError's own __init__ needs a value; this has none
         self.flag, self.value, self.reason = source, "", reason
         ValueError.__init__(self, f"{source}: {reason}")
 
