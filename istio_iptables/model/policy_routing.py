@@ -101,6 +101,7 @@ class Check(NamedTuple):
     lookup: Lookup
     problem: str
     affects: bool  # the problem changes this connection's landing (not just other ones)
+    installed: str = ""  # the rule and route that route the mark locally, as `ip` prints them
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -108,6 +109,7 @@ class Check(NamedTuple):
             "rule": self.lookup.rule.text() if self.lookup.rule else None,
             "route": self.lookup.route.text() if self.lookup.route else None,
             "outcome": self.lookup.outcome, "problem": self.problem, "affects_this_connection": self.affects,
+            "installed": self.installed,
         }  # fmt: skip
 
 
@@ -190,9 +192,13 @@ def check_tproxy(routing: Routing, family: int, dst: str, mark: int, iif: str, p
     marked = [r for r in routing.rules if r.family == family and r.fwmark is not None and r.action == "lookup"
               and (mark & r.fwmask) == r.fwmark and not r.invert]
     need = ""
+    routed = [r for r in marked if _has_tproxy_route(routing, family, r.table)]
+    installed = ""
+    if routed:
+        installed = f"{routed[0].text()} -> " + Route(family, routed[0].table, "local", _ANY[family], "lo").text()
     if not marked:
         need = f"has no `{ip} rule add fwmark {mark} lookup {table}`"
-    elif not any(_has_tproxy_route(routing, family, r.table) for r in marked):
+    elif not routed:
         have = marked[0].table
         need = (f"has `{ip} rule` {marked[0].text()} but table {_table_name(have)} has no "
                 f"`{ip} route add local default dev lo table {have}`")
@@ -201,10 +207,10 @@ def check_tproxy(routing: Routing, family: int, dst: str, mark: int, iif: str, p
     if not result.local:
         problem = (f"the TPROXY mark {mark} {need or 'is routed elsewhere'} in IPv{family}: the kernel will "
                    f"not deliver it to {to} (it routes: {result.outcome}); {fix}")
-        return Check(family, mark, table, False, result, problem, True)
+        return Check(family, mark, table, False, result, problem, True, installed)
     if need:
         problem = (f"the TPROXY mark {mark} {need} in IPv{family}; this connection is still delivered "
                    f"because {dst} is a local address ({result.route.text() if result.route else 'local'}), "
                    f"but TPROXY'd connections to other destinations would not be; {fix}")
-        return Check(family, mark, table, True, result, problem, False)
-    return Check(family, mark, table, True, result, "", False)
+        return Check(family, mark, table, True, result, problem, False, installed)
+    return Check(family, mark, table, True, result, "", False, installed)
