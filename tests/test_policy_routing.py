@@ -116,7 +116,9 @@ def test_live_answer_carries_the_routing_and_a_missing_rule_makes_it_uncertain()
     data = json.loads(render_json(bad, notes))
     assert data["routing"]["delivered"] is False and data["routing"]["affects_this_connection"] is True
     assert "no `ip -4 rule add fwmark 1337 lookup 133`" in data["routing"]["problem"]
-    assert "ROUTING: the TPROXY mark 1337 has no" in render_text(_request(VIP4), bad, notes)
+    text = render_text(_request(VIP4), bad, notes)
+    assert "ROUTING: the TPROXY mark 1337 has no" in text
+    assert "=> captured by the rules (TPROXY to port 15006), but the kernel's routing does not deliver it" in text
     unread, _ = answer_for(settings, _request(VIP4), _live(None))
     assert unread.uncertain and "policy routing could not be read" in unread.unknowns
 

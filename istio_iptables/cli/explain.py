@@ -243,6 +243,9 @@ def render_text(request: Request, answer: Answer, notes: list[str]) -> str:
         lines.append(f"  {mark}  {where}  {step.rule}" + (f"   <- {step.note}" if step.note else ""))
     if answer.verdict == "dropped":
         lines.append("=> dropped")
+    elif answer.routing is not None and not answer.routing.delivered:
+        lines.append(f"=> captured by the rules (TPROXY to port {answer.port}), but the kernel's routing does not "
+                     "deliver it: see ROUTING")
     elif answer.via == "TPROXY":
         lines.append(f"=> captured: lands on the listener on port {answer.port} (TPROXY keeps the destination "
                      f"{_hostport(answer.address or '?', conn.dport)})")
