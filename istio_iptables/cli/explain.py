@@ -296,7 +296,8 @@ def own_options(func: Any) -> Any:
         click.option("--interface", metavar="NAME", help="The pod's interface [default: eth0]."),
         click.option("--live", is_flag=True,
                      help="Explain the rules installed in this network namespace (iptables legacy or nft, or "
-                          "native nftables) with its own addresses, instead of the plan. Needs root."),
+                          "native nftables) with its own addresses, instead of the plan; for TPROXY also check "
+                          "its ip rules and routes deliver the marked packet. Needs root."),
         click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
                      help="text (the path, rule by rule) or json."),
     )):
