@@ -4,9 +4,12 @@ explain reports what it finds (--live) or what the plan adds (plan mode)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from istio_iptables.cli.explain import Request, answer_for, render_json, render_text
 from istio_iptables.cli.flags import parse_args
@@ -143,3 +146,15 @@ def test_plan_mode_lists_the_routing_steps_tproxy_needs() -> None:
     redirect, notes = answer_for(parse_args(["-b", "*"], {}), plan_request)
     assert redirect.via == "REDIRECT"
     assert not any("policy routing" in n for n in notes)
+
+
+@given(st.ip_addresses(v=4) | st.ip_addresses(v=6), st.booleans(), st.booleans())
+def test_marked_packets_are_delivered_everywhere_with_the_routing_and_only_to_local_addresses_without(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, rule: bool, route: bool) -> None:
+    family = address.version
+    routing = _pod(rules=(family,) if rule else (), routes=(family,) if route else ())
+    check = check_tproxy(routing, family, str(address), MARK, "eth0", 15006, TABLE)
+    local = str(address) in (POD4, POD6) or address.is_loopback  # the fixture: 127.0.0.0/8, ::1
+    assert check.delivered == ((rule and route) or local)
+    assert (check.problem == "") == (rule and route)
+    assert check.affects == (not check.delivered)
