@@ -106,8 +106,9 @@ def settings_from(given: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     return build_settings(given, env)
 
 
-def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables], Pod, list[str]]:
-    """The plan's rules, read back through the same parser --live uses."""
+def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables], Pod, list[str], list[str]]:
+    """The plan's rules, read back through the same parser --live uses, and the
+    policy-routing steps the plan adds (`ip rule` / `ip route`, TPROXY only)."""
     from istio_iptables.model import hostfacts
     from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH
     from istio_iptables.model.iptables_match import parse_tables
@@ -137,7 +138,8 @@ def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables]
     tables = {fp.family: parse_tables(restore_text(fp)) for fp in plan.families}
     if plan.v6 is not None:
         addresses.append(IPV6_INBOUND_PASSTHROUGH.split("/")[0])
-    return tables, Pod(tuple(addresses), request.interface), notes
+    routes = [step.describe() for step in plan.routes]
+    return tables, Pod(tuple(addresses), request.interface), notes, routes
 
 
 def live_tables(request: Request, live: "LiveRules | None" = None) -> tuple[dict[int, Tables], Pod, list[str], bool]:
@@ -187,14 +189,42 @@ def answer_for(settings: Settings, request: Request, live: "LiveRules | None" = 
     """The one entry `explain` and `verify` share (`live`: rules already read, e.g. by
     verify inside its scratch namespace)."""
     uncertain = False
+    routes: list[str] = []
     if request.live:
+        if live is None:
+            from istio_iptables.kernel.live_rules import read_live
+
+            live = read_live()
         tables, pod, notes, uncertain = live_tables(request, live)
     else:
-        tables, pod, notes = plan_tables(settings, request)
+        tables, pod, notes, routes = plan_tables(settings, request)
     answer = explain(tables, request.conn, pod, settings.capture)
     if uncertain and not answer.uncertain:
         answer = answer._replace(uncertain=True)
+    if answer.via == "TPROXY" and answer.verdict == "captured":
+        if live is not None:
+            answer = with_routing(answer, request, pod, live, settings.capture.tproxy_route_table)
+        elif routes:
+            notes.append("TPROXY delivers only with the policy routing the plan also adds: " + "; ".join(routes)
+                         + " (without it, TPROXY'd connections to destinations that are not the pod's own "
+                         "addresses are not delivered)")
     return answer, notes
+
+
+def with_routing(answer: Answer, request: Request, pod: Pod, live: "LiveRules", table: int) -> Answer:
+    """--live, TPROXY: check the policy routing that must deliver the marked packet.
+    A problem that changes this connection's landing makes the answer uncertain."""
+    from istio_iptables.model.policy_routing import check_tproxy
+
+    if live.routing is None:
+        return answer._replace(uncertain=True, unknowns=(*answer.unknowns, "policy routing could not be read"))
+    conn = request.conn
+    iif = pod.interface if conn.inbound else "lo"
+    check = check_tproxy(live.routing, conn.family, answer.address or conn.dst, answer.route_mark, iif,
+                         answer.port, table, conn.src)
+    if check.affects:
+        return answer._replace(routing=check, uncertain=True, unknowns=(*answer.unknowns, check.problem))
+    return answer._replace(routing=check)
 
 
 def render_text(request: Request, answer: Answer, notes: list[str]) -> str:
@@ -213,6 +243,9 @@ def render_text(request: Request, answer: Answer, notes: list[str]) -> str:
         lines.append(f"  {mark}  {where}  {step.rule}" + (f"   <- {step.note}" if step.note else ""))
     if answer.verdict == "dropped":
         lines.append("=> dropped")
+    elif answer.routing is not None and not answer.routing.delivered:
+        lines.append(f"=> captured by the rules (TPROXY to port {answer.port}), but the kernel's routing does not "
+                     "deliver it: see ROUTING")
     elif answer.via == "TPROXY":
         lines.append(f"=> captured: lands on the listener on port {answer.port} (TPROXY keeps the destination "
                      f"{_hostport(answer.address or '?', conn.dport)})")
@@ -221,8 +254,15 @@ def render_text(request: Request, answer: Answer, notes: list[str]) -> str:
     else:
         lines.append(f"=> passes: lands on {_hostport(answer.address or '?', answer.port or 0)}")
     lines.append(f"   {answer.reason}")
-    if answer.uncertain:
-        lines.append("   UNCERTAIN: " + "; ".join(answer.unknowns or ("see notes",)))
+    if answer.routing is not None:
+        check = answer.routing
+        used = " -> ".join(x.text() for x in (check.lookup.rule, check.lookup.route) if x is not None)
+        lines.append(f"   routing: mark {check.mark:#x} -> {used or 'no ip rule'}: {check.lookup.outcome}")
+        if check.problem:
+            lines.append(f"   ROUTING: {check.problem}")
+    unknowns = [u for u in answer.unknowns if answer.routing is None or u != answer.routing.problem]
+    if answer.uncertain and (unknowns or answer.routing is None or not answer.routing.problem):
+        lines.append("   UNCERTAIN: " + "; ".join(unknowns or ("see notes",)))
     lines += [f"   note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -256,7 +296,8 @@ def own_options(func: Any) -> Any:
         click.option("--interface", metavar="NAME", help="The pod's interface [default: eth0]."),
         click.option("--live", is_flag=True,
                      help="Explain the rules installed in this network namespace (iptables legacy or nft, or "
-                          "native nftables) with its own addresses, instead of the plan. Needs root."),
+                          "native nftables) with its own addresses, instead of the plan; for TPROXY also check "
+                          "its ip rules and routes deliver the marked packet. Needs root."),
         click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
                      help="text (the path, rule by rule) or json."),
     )):

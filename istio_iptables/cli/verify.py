@@ -122,7 +122,21 @@ def render_table(rows: Sequence[Any]) -> str:
     for row in rows:
         if not row.agree:
             lines.append(f"  {row.probe.label}: flags say {row.probe.why}; explain: {row.plan.reason}")
+    lines += routing_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def routing_lines(rows: Sequence[Any]) -> list[str]:
+    """TPROXY delivers only through policy routing: what the live rules' check found,
+    once per family, and every problem."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        check = row.live.routing
+        if check is not None:
+            seen[f"  TPROXY routing IPv{check.family}: {check.installed or 'missing'}"] = None
+            if check.problem:
+                seen[f"  {row.probe.label}: {check.problem}"] = None
+    return list(seen)
 
 
 def render_json(result: Any) -> str:
@@ -136,7 +150,8 @@ def render_json(result: Any) -> str:
         "plan": {**dict(zip(("port", "in_pod"), r.plan_landing, strict=True)), "reason": r.plan.reason,
                  "uncertain": r.plan.uncertain},
         "live": {**dict(zip(("port", "in_pod"), r.live_landing, strict=True)), "reason": r.live.reason,
-                 "uncertain": r.live.uncertain},
+                 "uncertain": r.live.uncertain,
+                 **({"routing": r.live.routing.as_dict()} if r.live.routing is not None else {})},
         "kernel": {"port": r.kernel_port, "in_pod": r.kernel_local, "error": r.kernel_error},
         "agree": r.agree,
     } for r in result.rows]  # fmt: skip

@@ -1,6 +1,7 @@
 """Read what is really installed in the current network namespace, for
 `explain --live`: each family's iptables rules (from whichever backend holds them),
-the native nftables tables, and the namespace's addresses.
+the native nftables tables, the namespace's addresses, and its policy rules and
+routes (kernel/live_routing.py; TPROXY needs them to deliver).
 
 Both iptables backends can hold rules at once and the kernel runs both; the walk
 evaluates one, so when both hold rules that is said, not hidden.
@@ -13,6 +14,7 @@ from typing import NamedTuple
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import spawn
 from istio_iptables.kernel.netlink import interface_addresses, nft_has_tables
+from istio_iptables.model.policy_routing import Routing
 
 NATIVE_TABLES = ("istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
 
@@ -25,6 +27,7 @@ class LiveRules(NamedTuple):
     native_text: str  # `nft -j list table` of each, one JSON document per line
     native_listing: str  # `nft -a list table` of each: the rules as text, with handles
     addresses: tuple[tuple[str, str], ...]  # (interface, address)
+    routing: Routing | None = None  # None: could not be read (the reason is in notes)
 
 
 def _has_rules(text: str) -> bool:
@@ -110,4 +113,11 @@ def read_live() -> LiveRules:
         texts[family], sources[family] = text, source
         notes += family_notes
     native, native_text, native_listing = read_native()
-    return LiveRules(texts, sources, tuple(notes), native, native_text, native_listing, addresses())
+    routing = None
+    try:
+        from istio_iptables.kernel.live_routing import read_routing
+
+        routing = read_routing()
+    except Exception as err:  # pyroute2 missing or netlink refused: say so, explain the rules anyway
+        notes.append(f"policy routing (ip rule / ip route) could not be read: {type(err).__name__}: {err}")
+    return LiveRules(texts, sources, tuple(notes), native, native_text, native_listing, addresses(), routing)

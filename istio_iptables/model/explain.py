@@ -33,6 +33,7 @@ from typing import NamedTuple
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
 from istio_iptables.model.iptables_match import Match, ParsedRule, Tables
+from istio_iptables.model.policy_routing import Check
 
 # The kernel's default net.ipv4.ip_local_port_range: where a client's source port is.
 EPHEMERAL_PORTS = (32768, 60999)
@@ -91,12 +92,15 @@ class Answer(NamedTuple):
     unknowns: tuple[str, ...]
     family: int
     via: str = ""  # REDIRECT, TPROXY or DNAT when captured
+    route_mark: int = 0  # the packet's mark when the kernel routes it (after PREROUTING)
+    routing: Check | None = None  # --live, TPROXY: the policy routing that must deliver it
 
     def as_dict(self) -> dict[str, object]:
         return {
             "captured": self.captured, "port": self.port, "address": self.address, "verdict": self.verdict,
             "uncertain": self.uncertain, "reason": self.reason, "unknowns": list(self.unknowns),
-            "family": self.family, "via": self.via,
+            "family": self.family, "via": self.via, "route_mark": self.route_mark,
+            **({"routing": self.routing.as_dict()} if self.routing is not None else {}),
             "path": [{"table": s.table, "chain": s.chain, "rule": s.rule, "matched": s.matched,
                       **({"note": s.note} if s.note else {})} for s in self.path],
         }  # fmt: skip
@@ -118,6 +122,7 @@ class _Packet:
         self.untracked = False
         self.dnat = False
         self.tproxy_port: int | None = None
+        self.route_mark: int | None = None  # pkt.mark at the routing decision
         self.dropped = ""
         self.owned = not conn.inbound  # has a local socket (for -m owner)
 
@@ -463,6 +468,8 @@ def explain(tables_by_family: dict[int, Tables], conn: Connection, pod: Pod,
         for table, chain in hooks:
             if pkt.dropped:
                 break
+            if chain == "INPUT" and pkt.route_mark is None:
+                pkt.route_mark = pkt.mark  # PREROUTING is over: the kernel routes by this mark
             if table == "nat" and pkt.untracked:
                 continue
             walker.hook(pkt, table, chain)
@@ -478,6 +485,8 @@ def explain(tables_by_family: dict[int, Tables], conn: Connection, pod: Pod,
             # Back in through lo: NAT is settled, mangle/raw still see it.
             pkt.iif, pkt.oif, pkt.owned = "lo", "", False
             for table, chain in LOOPED_BACK_HOOKS:
+                if chain == "INPUT" and pkt.route_mark is None:
+                    pkt.route_mark = pkt.mark
                 if pkt.dropped or (pkt.tproxy_port is not None and chain == "INPUT"):
                     break
                 walker.hook(pkt, table, chain)
@@ -505,7 +514,9 @@ def _answer(walker: _Walker, pkt: _Packet, tables: Tables, cfg: CaptureConfig | 
                   "passes" if conn.family == 6 else "no IPv4 rules at all: passes")
     else:
         reason = _reason(walker, pkt, cfg, captured)
-    return Answer(captured, port, address, verdict, bool(unknowns), path, reason, unknowns, conn.family, via)
+    route_mark = pkt.mark if pkt.route_mark is None else pkt.route_mark
+    return Answer(captured, port, address, verdict, bool(unknowns), path, reason, unknowns, conn.family, via,
+                  route_mark)
 
 
 def _reason(walker: _Walker, pkt: _Packet, cfg: CaptureConfig | None, captured: bool) -> str:

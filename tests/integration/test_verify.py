@@ -43,6 +43,11 @@ def test_verify_dual_stack_tproxy_dns_agrees_and_cleans_up() -> None:
     assert landed["peer v6 -> pod:8080"] == 15006
     assert landed["peer v4 -> pod:15020"] == 15020
     assert all(r["agree"] for r in rows)
+    # The live check read the scratch pod's TPROXY routing (not this host's), both families.
+    routing = {r["family"]: r["live"]["routing"] for r in rows if r["connection"].endswith("-> pod:8080")}
+    for family in (4, 6):
+        assert routing[family]["installed"].startswith("32000: from all fwmark 0x539 lookup 133 -> local default")
+        assert routing[family]["problem"] == ""
     assert _namespaces_of(proc.pid) == []
 
 
