@@ -139,6 +139,29 @@ def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.netns
+def test_applied_tproxy_run_never_imports_pyroute2() -> None:
+    """The TPROXY routes go in through stdlib rtnetlink: an applied run in a real
+    namespace (rules, ::6, ip rule/route in both families) lists every module it
+    imported under -X importtime, and pyroute2 is not among them."""
+    from istio_iptables.lab.netlab import NetLab
+    from tests.integration.conftest import require_netns
+
+    require_netns()
+    with NetLab() as lab:
+        argv = [sys.executable, "-X", "importtime", "-m", "istio_iptables", "--network-namespace",
+                lab.pod_ns_path, "-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*",
+                "-b", "*", "--dual-stack"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "fwmark 0x539 lookup 133" in lab.run("pod", "ip", "-6", "rule").stdout
+        assert "local default dev lo" in lab.run("pod", "ip", "route", "show", "table", "133").stdout
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line]
+    assert "istio_iptables.kernel.routes" in imported  # the route steps did run in this process
+    assert [m for m in imported if m.split(".")[0] in ("pyroute2", "iptc")] == []
+
+
 def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
     from istio_iptables.kernel import spawn
 
