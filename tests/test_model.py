@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from istio_iptables.cli.flags import build_settings
 from istio_iptables.model import config as c
 from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, ConfigError
@@ -122,6 +123,38 @@ def test_snapshot_keeps_only_touched_tables_and_blanks_new_ones() -> None:
     snap = state.snapshot_text(SAVED, ["nat", "mangle"])
     assert snap.startswith("*nat\n") and "--dport 9999" in snap
     assert snap.endswith("*mangle\nCOMMIT\n")
+
+
+def test_large_final_log_summary_keeps_hooks_counts_and_both_ends_of_big_chains() -> None:
+    from istio_iptables.model.iptables_render import SUMMARY_ABOVE_RULES, summary_text
+
+    cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(2_000))
+    settings = build_settings({"outbound_cidrs": "*", "inbound_ports": "*", "outbound_exclude_cidrs": cidrs}, {})
+    plan = build_plan(settings.capture, HostFacts(ipv6=False)).v4
+    assert len(plan.rules) > SUMMARY_ABOVE_RULES
+    text = summary_text(plan)
+    lines = text.splitlines()
+    assert len(lines) < 40  # not 2,000
+    assert lines[0].startswith("*nat  (rules per chain: PREROUTING 1, OUTPUT 1,") and "ISTIO_OUTPUT 2,0" in lines[0]
+    assert lines[1:3] == ["-A PREROUTING -p tcp -j ISTIO_INBOUND", "-A OUTPUT -j ISTIO_OUTPUT"]
+    output = [ln for ln in lines if ln.startswith("-A ISTIO_OUTPUT")]
+    assert output[-1] == "-A ISTIO_OUTPUT -j ISTIO_REDIRECT"  # the chain's last rule, after the CIDRs
+    assert "-A ISTIO_OUTPUT -d 10.7.207.0/24 -j RETURN" in lines  # the last CIDR
+    hidden = len([r for r in plan.rules if r.chain == "ISTIO_OUTPUT"]) - len(output)
+    assert f"# ... {hidden:,} more rules of ISTIO_OUTPUT ..." in lines
+    # every rule of the small chains is there, in order
+    assert [ln for ln in lines if ln.startswith("-A ISTIO_INBOUND")] == \
+        [ln for ln in restore_text(plan).splitlines() if ln.startswith("-A ISTIO_INBOUND")]
+
+
+def test_realistic_profiles_log_the_full_save() -> None:
+    from istio_iptables.model.iptables_render import SUMMARY_ABOVE_RULES
+
+    everything = {"outbound_cidrs": "*", "inbound_ports": "*", "mode": "TPROXY", "redirect_dns": True,
+                  "capture_all_dns": True, "outbound_exclude_cidrs": ",".join(f"10.0.{i}.0/24" for i in range(50))}
+    host = HostFacts(ipv6=True, nameservers_v4=("10.96.0.10",), nameservers_v6=("fd00::a",))
+    plan = build_plan(build_settings(everything, {}).capture, host)
+    assert all(len(f.rules) < SUMMARY_ABOVE_RULES / 2 for f in plan.families)
 
 
 def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:

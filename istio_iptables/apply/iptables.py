@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.final_log import log_final_state
 from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.model import iptables_render as render
@@ -58,7 +59,7 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
                  f" ({work.reason})" if work.reason else "")
     _write_all(works, plan, capture, run)
     for work in works:
-        log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, rb.save(work.binary).rstrip())
+        log_final_state(work.binary, work.plan, work.action)
 
 
 def _backend_name(work: FamilyWork, run: RunOptions) -> str:

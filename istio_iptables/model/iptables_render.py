@@ -11,6 +11,12 @@ from typing import Any
 from istio_iptables.model.iptables_plan import FamilyPlan, Plan, Rule
 
 IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
+# The final log prints the kernel's `-save` (as Istio does) up to this many rules in a
+# family; above it, summary_text: listing 10,000 rules costs iptables-nft-save more
+# instructions than the Python interpreter's whole start, and 10,000 log lines bury
+# what a reader of `kubectl logs` looks for.  Istio's realistic profiles stay far below.
+SUMMARY_ABOVE_RULES = 500
+SUMMARY_HEAD, SUMMARY_TAIL = 10, 5  # rules shown at each end of a chain that is summarised
 
 
 def restore_text(family_plan: FamilyPlan) -> str:
@@ -31,6 +37,34 @@ def _rule_line(rule: Rule) -> str:
     if rule.position is None:
         return f"-A {rule.chain} {' '.join(rule.params)}"
     return f"-I {rule.chain} {rule.position} {' '.join(rule.params)}"
+
+
+def summary_text(family_plan: FamilyPlan) -> str:
+    """A large family's rules for the final log: per table, each chain with its rule
+    count, then the rules chain by chain (hooks in built-in chains first, as a save
+    lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
+    and last few around one line that says how many are left out."""
+    by_chain: dict[tuple[str, str], list[Rule]] = {}
+    for rule in family_plan.rules:
+        by_chain.setdefault((rule.table, rule.chain), []).append(rule)
+    created = dict.fromkeys(family_plan.chains())
+    lines: list[str] = []
+    for table in family_plan.tables():
+        chains = [c for t, c in by_chain if t == table]
+        builtin = [c for c in chains if (table, c) not in created]
+        counts = ", ".join(f"{c} {len(by_chain[table, c]):,}" for c in [*builtin, *(c for t, c in created
+                                                                                    if t == table)]
+                           if (table, c) in by_chain)
+        lines.append(f"*{table}  (rules per chain: {counts})")
+        for chain in [*builtin, *(c for c in chains if c not in builtin)]:
+            rules = by_chain[table, chain]
+            if len(rules) <= SUMMARY_HEAD + SUMMARY_TAIL:
+                lines += [_rule_line(r) for r in rules]
+                continue
+            lines += [_rule_line(r) for r in rules[:SUMMARY_HEAD]]
+            lines.append(f"# ... {len(rules) - SUMMARY_HEAD - SUMMARY_TAIL:,} more rules of {chain} ...")
+            lines += [_rule_line(r) for r in rules[-SUMMARY_TAIL:]]
+    return "\n".join(lines)
 
 
 def render_restore(plan: Plan) -> str:
