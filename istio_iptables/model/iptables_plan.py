@@ -6,6 +6,7 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 (TPROXY policy routing, the ::6 loopback address) so a dry run shows all of an apply.
 """
 
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 from istio_iptables.model.config import CaptureConfig
@@ -30,6 +31,8 @@ DNS_AGENT_PORT = "15053"
 IPV6_LOOPBACK = "::1/128"
 IPV6_INBOUND_PASSTHROUGH = "::6/128"
 IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
+_TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain), without a Python step per rule
+_new_tuple = tuple.__new__
 
 
 class Rule(NamedTuple):
@@ -66,8 +69,8 @@ class FamilyPlan(NamedTuple):
         then chains only jumped to."""
         # dict.fromkeys keeps first-seen order and drops repeats in one C-level pass,
         # which matters with 10,000 -x CIDRs.
-        holders = dict.fromkeys((r.table, r.chain) for r in self.rules)
-        jumped = dict.fromkeys((r.table, t) for r in self.rules if (t := r.jump_target) is not None)
+        holders = dict.fromkeys(map(_TABLE_CHAIN, self.rules))
+        jumped = dict.fromkeys((r[0], r[2][-1]) for r in self.rules if r[2][-2:-1] == ("-j",))
         ordered = dict.fromkeys([*holders, *jumped])
         return [pair for pair in ordered if pair[1] not in BUILTIN_CHAINS_AND_VERDICTS]
 
@@ -141,6 +144,13 @@ class _Builder:
         self.v4_rule(table, chain, *params, position=position)
         self.v6_rule(table, chain, *params, position=position)
 
+    @staticmethod
+    def returns(rules: list[Rule], cidrs: tuple[str, ...]) -> None:
+        """`-A ISTIO_OUTPUT -d CIDR -j RETURN` per excluded CIDR.  Lists run to thousands,
+        so each rule is made by tuple.__new__ (C) rather than a call to Rule's Python __new__."""
+        rules.extend([_new_tuple(Rule, ("nat", ISTIO_OUTPUT, ("-d", cidr, "-j", "RETURN"), None))
+                      for cidr in cidrs])
+
     def versioned(self, v4_addr: str, v6_addr: str, table: str, chain: str, *params: str) -> None:
         """A rule that differs per family only in one address, written as `{}`."""
         self.v4_rule(table, chain, *(v4_addr if p == "{}" else p for p in params))
@@ -174,10 +184,9 @@ def build_plan(cfg: CaptureConfig, host: HostFacts) -> Plan:
     if redirect_dns:
         _dns(b, cfg, host)
     b.versioned(cfg.ipv4_loopback_cidr, IPV6_LOOPBACK, "nat", ISTIO_OUTPUT, "-d", "{}", "-j", "RETURN")
-    for cidr in cfg.outbound_exclude_cidrs.v4:
-        b.v4_rule("nat", ISTIO_OUTPUT, "-d", cidr, "-j", "RETURN")
-    for cidr in cfg.outbound_exclude_cidrs.v6:
-        b.v6_rule("nat", ISTIO_OUTPUT, "-d", cidr, "-j", "RETURN")
+    b.returns(b.v4, cfg.outbound_exclude_cidrs.v4)
+    if b.ipv6:
+        b.returns(b.v6, cfg.outbound_exclude_cidrs.v6)
     for port in cfg.outbound_ports:
         b.both("nat", ISTIO_OUTPUT, "-p", "tcp", "--dport", str(port), "-j", ISTIO_REDIRECT)
     _outbound_include(b, cfg, b.v4_rule, cfg.outbound_cidrs.v4)

@@ -6,9 +6,11 @@ The restore text is byte-for-byte what Istio feeds `iptables-restore --noflush`
 
 from __future__ import annotations
 
+from collections import Counter
+from operator import itemgetter
 from typing import Any
 
-from istio_iptables.model.iptables_plan import FamilyPlan, Plan, Rule
+from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule
 
 IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 # The final log prints the kernel's `-save` (as Istio does) up to this many rules in a
@@ -17,19 +19,29 @@ IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 # what a reader of `kubectl logs` looks for.  Istio's realistic profiles stay far below.
 SUMMARY_ABOVE_RULES = 500
 SUMMARY_HEAD, SUMMARY_TAIL = 10, 5  # rules shown at each end of a chain that is summarised
+_TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain)
 
 
 def restore_text(family_plan: FamilyPlan) -> str:
     """The iptables-restore input for one family (empty when there are no rules)."""
-    lines: list[str] = []
+    tables = family_plan.tables()
     chains = family_plan.chains()
-    for table in family_plan.tables():
+    lines: list[str] = []
+    for table in tables:
         lines.append(f"* {table}")
         lines += [f"-N {chain}" for t, chain in chains if t == table]
-        lines += [_rule_line(rule) for rule in family_plan.rules if rule.table == table]
+        lines += _rule_lines(family_plan.rules, table if len(tables) > 1 else None)
         lines.append("COMMIT")
     lines.append("")
     return "\n".join(lines)
+
+
+def _rule_lines(rules: tuple[Rule, ...], table: str | None) -> list[str]:
+    """The lines of one table's rules (all of them when `table` is None): one
+    comprehension with the line built inline, because with 10,000 -x CIDRs a function
+    call per rule and a filter pass per table were a third of the Python time of an apply."""
+    return [f"-A {c} {' '.join(p)}" if n is None else f"-I {c} {n} {' '.join(p)}"
+            for t, c, p, n in rules if table is None or t == table]
 
 
 def _rule_line(rule: Rule) -> str:
@@ -44,26 +56,32 @@ def summary_text(family_plan: FamilyPlan) -> str:
     count, then the rules chain by chain (hooks in built-in chains first, as a save
     lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
     and last few around one line that says how many are left out."""
-    by_chain: dict[tuple[str, str], list[Rule]] = {}
-    for rule in family_plan.rules:
-        by_chain.setdefault((rule.table, rule.chain), []).append(rule)
-    created = dict.fromkeys(family_plan.chains())
+    rules = family_plan.rules
+    counts = Counter(map(_TABLE_CHAIN, rules))  # C-level: no Python step per rule
+    shown = SUMMARY_HEAD + SUMMARY_TAIL
+    heads: dict[tuple[str, str], list[Rule]] = {key: [] for key in counts}
+    tails: dict[tuple[str, str], list[Rule]] = {key: [] for key, n in counts.items() if n > shown}
+    for picked, limit, ordered in ((heads, shown, rules), (tails, SUMMARY_TAIL, reversed(rules))):
+        wanted = sum(min(limit, counts[key]) for key in picked)
+        for rule in ordered:
+            if not wanted:
+                break
+            got = picked.get(rule[:2])
+            if got is not None and len(got) < limit:
+                got.append(rule)
+                wanted -= 1
     lines: list[str] = []
     for table in family_plan.tables():
-        chains = [c for t, c in by_chain if t == table]
-        builtin = [c for c in chains if (table, c) not in created]
-        counts = ", ".join(f"{c} {len(by_chain[table, c]):,}" for c in [*builtin, *(c for t, c in created
-                                                                                    if t == table)]
-                           if (table, c) in by_chain)
-        lines.append(f"*{table}  (rules per chain: {counts})")
-        for chain in [*builtin, *(c for c in chains if c not in builtin)]:
-            rules = by_chain[table, chain]
-            if len(rules) <= SUMMARY_HEAD + SUMMARY_TAIL:
-                lines += [_rule_line(r) for r in rules]
+        keys = [key for key in counts if key[0] == table]
+        keys.sort(key=lambda k: k[1] not in BUILTIN_CHAINS_AND_VERDICTS)  # hooks first, else as planned
+        lines.append(f"*{table}  (rules per chain: {', '.join(f'{c} {counts[t, c]:,}' for t, c in keys)})")
+        for key in keys:
+            if counts[key] <= shown:
+                lines += [_rule_line(r) for r in heads[key]]
                 continue
-            lines += [_rule_line(r) for r in rules[:SUMMARY_HEAD]]
-            lines.append(f"# ... {len(rules) - SUMMARY_HEAD - SUMMARY_TAIL:,} more rules of {chain} ...")
-            lines += [_rule_line(r) for r in rules[-SUMMARY_TAIL:]]
+            lines += [_rule_line(r) for r in heads[key][:SUMMARY_HEAD]]
+            lines.append(f"# ... {counts[key] - shown:,} more rules of {key[1]} ...")
+            lines += [_rule_line(r) for r in reversed(tails[key])]
     return "\n".join(lines)
 
 
