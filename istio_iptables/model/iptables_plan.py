@@ -6,6 +6,7 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 (TPROXY policy routing, the ::6 loopback address) so a dry run shows all of an apply.
 """
 
+from itertools import compress
 from operator import itemgetter
 from typing import NamedTuple, Protocol
 
@@ -33,6 +34,7 @@ IPV6_INBOUND_PASSTHROUGH = "::6/128"
 IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
 _TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain), without a Python step per rule
 _new_tuple = tuple.__new__
+_TABLE, _PARAMS, _NEXT_TO_LAST, _LAST = itemgetter(0), itemgetter(2), itemgetter(-2), itemgetter(-1)
 
 
 class Rule(NamedTuple):
@@ -70,12 +72,17 @@ class FamilyPlan(NamedTuple):
         # dict.fromkeys keeps first-seen order and drops repeats in one C-level pass,
         # which matters with 10,000 -x CIDRs.
         holders = dict.fromkeys(map(_TABLE_CHAIN, self.rules))
-        jumped = dict.fromkeys((r[0], r[2][-1]) for r in self.rules if r[2][-2:-1] == ("-j",))
+        params = list(map(_PARAMS, self.rules))
+        if min(map(len, params), default=0) >= 2:  # (table, target) of every `... -j X`, in C
+            is_jump = map("-j".__eq__, map(_NEXT_TO_LAST, params))
+            jumped = dict.fromkeys(compress(zip(map(_TABLE, self.rules), map(_LAST, params), strict=True), is_jump))
+        else:
+            jumped = dict.fromkeys((r.table, t) for r in self.rules if (t := r.jump_target) is not None)
         ordered = dict.fromkeys([*holders, *jumped])
         return [pair for pair in ordered if pair[1] not in BUILTIN_CHAINS_AND_VERDICTS]
 
     def tables(self) -> list[str]:
-        present = {r.table for r in self.rules}
+        present = set(map(_TABLE, self.rules))
         return [t for t in TABLE_ORDER if t in present]
 
 
