@@ -1,36 +1,44 @@
 #!/usr/bin/env python3
-"""Deterministic cost of the standard apply: instructions counted by valgrind (callgrind).
+"""Deterministic cost of an apply: instructions counted by valgrind (callgrind).
 
 CPU milliseconds on a shared 2-vCPU VM swing by 30% from run to run, which hides
 the few-millisecond differences that matter under a 100m CPU limit.  Instruction
 counts are the same on every run for the same binaries and inputs, so this script
-compares the tool with the floor in instructions:
+compares the tool with the floor in instructions, per row:
 
   floor  python -c 'import click' ending without the interpreter's teardown (bench.py's
          floor execs the restore, which skips it too, and the tool ends with os._exit),
-         plus one iptables-nft-restore --noflush of the text the tool would write;
-  tool   istio-iptables with the standard profile, plus the two iptables processes it
-         starts (the restore, and the final -save it logs as istio-init does).
-         valgrind does not follow posix_spawn children, so those two are counted
-         separately, on the same input in a fresh namespace.
+         plus one iptables-nft-restore --noflush of the text the tool would write
+         (re-run rows: plus one iptables-nft-save of the rules in place instead);
+  tool   istio-iptables, plus every program it starts.  valgrind follows its
+         posix_spawn children, but their report would go to the stderr the tool reads
+         from them, so every process writes its own log file (--log-file=DIR/%p):
+         whatever the tool runs is counted, on exactly its input.
 
+Rows: standard and TPROXY (IPv4, iptables-nft) always; `--cidrs` adds -x 1,000, 5,000
+and 10,000 CIDRs, `--rerun` the identical second run of the standard profile.
 Run as root after `python3 -m compileall -q istio_iptables` (make bench-instructions
 does both): a stale .pyc would add the compiler's cost to the tool.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
             "-d", "15090,15021,15020"]
 VALGRIND = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null"]
+_COLLECTED = re.compile(r"Collected : ([\d,]+)")
+_COMMAND = re.compile(r"Command: (.+)")
 
 
 def clean_python(scratch: Path) -> str:
@@ -44,59 +52,113 @@ def clean_python(scratch: Path) -> str:
     return str(venv / "bin" / "python3")
 
 
-def counted(argv: list[str], stdin: str = "", netns: str | None = None) -> int:
-    """Instructions executed by `argv` and the children valgrind follows, in a fresh
-    network namespace (or in `netns`)."""
-    name = netns or f"iinstr-{uuid.uuid4().hex[:8]}"
-    if netns is None:
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        done = subprocess.run(["ip", "netns", "exec", name, *VALGRIND, *argv], input=stdin, text=True,
-                              capture_output=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{argv[0]} failed under valgrind:\n{done.stderr[-2000:]}")
-        return sum(int(line.rsplit(":", 1)[1].replace(",", "")) for line in done.stderr.splitlines()
-                   if "Collected :" in line)
-    finally:
-        if netns is None:
-            subprocess.run(["ip", "netns", "del", name], check=False)
+def collected(text: str) -> int:
+    return sum(int(m.group(1).replace(",", "")) for m in _COLLECTED.finditer(text))
 
 
-def main() -> int:
+class Namespace:
+    """A scratch network namespace like a pod's: lo up, one veth end with an address."""
+
+    def __init__(self) -> None:
+        self.name = f"iinstr-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        batch = "link set lo up\nlink add eth0 type veth peer name eth1\nlink set eth0 up\n" \
+                "addr add 192.0.2.2/24 dev eth0\n"
+        subprocess.run(["ip", "-n", self.name, "-batch", "-"], input=batch, text=True, check=True)
+
+    def run(self, argv: Sequence[str], stdin: str = "", env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], input=stdin, text=True,
+                              capture_output=True, check=False, env=env)
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def counted(ns: Namespace, argv: Sequence[str], stdin: str = "") -> int:
+    """Instructions executed by `argv` (and the children valgrind follows) in `ns`."""
+    done = ns.run([*VALGRIND, *argv], stdin)
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed under valgrind:\n{done.stderr[-2000:]}")
+    return collected(done.stderr)
+
+
+def count_tool(python: str, args: Sequence[str], logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
+    """The tool's own process and each program it started, in start order."""
+    for old in logs.iterdir():
+        old.unlink()
+    done = ns.run([*VALGRIND, f"--log-file={logs}/%p", python, "-m", "istio_iptables", *args])
+    if done.returncode != 0:
+        raise SystemExit(f"istio-iptables failed under valgrind:\n{done.stderr[-2000:]}")
+    own, children = 0, []
+    for log in sorted(logs.iterdir(), key=lambda p: int(p.name)):
+        text = log.read_text()
+        command = _COMMAND.search(text)
+        program = Path(command.group(1).split()[0]).name if command else "?"
+        if own == 0 and program.startswith("python"):
+            own = collected(text)
+        else:
+            children.append((program, collected(text)))
+    return own, children
+
+
+def cidr_list(count: int) -> str:
+    return ",".join(f"{240 + i // 1000}.{i // 100 % 10}.{i // 10 % 10}.{i % 10}/32" for i in range(count))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--cidrs", action="store_true", help="add the -x 1,000 / 5,000 / 10,000 CIDR rows")
+    p.add_argument("--rerun", action="store_true", help="add the identical second run of the standard profile")
+    args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="iinstr-") as scratch:
-        python = clean_python(Path(scratch))
-        dry = subprocess.run([python, "-m", "istio_iptables", "--dry-run", "--ipv6", "off", *STANDARD],
-                             capture_output=True, text=True, check=True, cwd=REPO).stdout
-        rules = "".join(line + "\n" for line in dry.splitlines() if not line.startswith("#"))
-        restore = counted(["iptables-nft-restore", "--noflush"], rules)
-        import_click = counted([python, "-c", "import click, os; os._exit(0)"])
-        floor = import_click + restore
-        tool_python = counted([python, "-m", "istio_iptables", "--ipv6", "off", *STANDARD])
-        name = f"iinstr-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        try:
-            subprocess.run(["ip", "netns", "exec", name, "iptables-nft-restore", "--noflush"], input=rules,
-                           text=True, check=True)
-            final_save = counted(["iptables-nft-save"], netns=name)
-        finally:
-            subprocess.run(["ip", "netns", "del", name], check=False)
-    tool = tool_python + restore + final_save
-    rows = [
-        ("floor: python -c 'import click' (no teardown)", import_click),
-        ("floor: iptables-nft-restore --noflush", restore),
-        ("floor total", floor),
-        ("tool: istio-iptables (python process)", tool_python),
-        ("tool: its iptables-nft-restore", restore),
-        ("tool: its final iptables-nft-save", final_save),
-        ("tool total", tool),
+    with_x = [(f"-x {n:,} CIDRs", [*STANDARD[:11], cidr_list(n), *STANDARD[12:]]) for n in (1_000, 5_000, 10_000)]
+    rows: list[tuple[str, list[str], bool]] = [
+        ("standard", STANDARD, False),
+        ("standard -m TPROXY", [*STANDARD[:7], "TPROXY", *STANDARD[8:]], False),
+        *((name, flags, False) for name, flags in (with_x if args.cidrs else [])),
+        *([("re-run standard", STANDARD, True)] if args.rerun else []),
     ]
-    print("standard profile, IPv4, iptables-nft, instructions (valgrind callgrind)")
-    for label, value in rows:
-        print(f"  {label:42s} {value / 1e6:8.1f} M")
-    print(f"  tool / floor = {tool / floor:.2f}x (target <= 1.25x)")
+    with tempfile.TemporaryDirectory(prefix="iinstr-") as tmp:
+        scratch = Path(tmp)
+        python = clean_python(scratch)
+        logs = scratch / "logs"
+        logs.mkdir()
+        ns = Namespace()
+        try:
+            import_click = counted(ns, [python, "-c", "import click, os; os._exit(0)"])
+        finally:
+            ns.close()
+        print("instructions (valgrind callgrind), IPv4, iptables-nft; M = millions")
+        print(f"  floor's interpreter: python -c 'import click' (no teardown) {import_click / 1e6:.1f} M")
+        print(f"  {'row':<22} {'floor':>9} {'tool':>9} {'ratio':>6}  tool = python process + the programs it ran")
+        for name, flags, rerun in rows:
+            full = [*flags, "--ipv6", "off"]
+            dry = subprocess.run([python, "-m", "istio_iptables", "--dry-run", *full], capture_output=True,
+                                 text=True, check=True, cwd=REPO).stdout
+            rules = "".join(line + "\n" for line in dry.splitlines() if not line.startswith("#"))
+            ns = Namespace()
+            try:
+                if rerun:
+                    if ns.run([python, "-m", "istio_iptables", *full]).returncode != 0:
+                        raise SystemExit("the first apply failed")
+                    floor_child = counted(ns, ["iptables-nft-save"])
+                else:
+                    probe = Namespace()
+                    try:
+                        floor_child = counted(probe, ["iptables-nft-restore", "--noflush"], rules)
+                    finally:
+                        probe.close()
+                tool_python, children = count_tool(python, full, logs, ns)
+            finally:
+                ns.close()
+            floor = import_click + floor_child
+            tool = tool_python + sum(c for _, c in children)
+            parts = " + ".join([f"{tool_python / 1e6:.1f}", *(f"{n} {c / 1e6:.1f}" for n, c in children)])
+            print(f"  {name:<22} {floor / 1e6:8.1f}M {tool / 1e6:8.1f}M {tool / floor:5.2f}x  {parts}")
+    print("target: tool / floor <= 1.25x")
     return 0
 
 
