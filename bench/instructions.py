@@ -15,8 +15,9 @@ compares the tool with the floor in instructions, per row:
          from them, so every process writes its own log file (--log-file=DIR/%p):
          whatever the tool runs is counted, on exactly its input.
 
-Rows: standard and TPROXY (IPv4, iptables-nft) always; `--cidrs` adds -x 1,000, 5,000
-and 10,000 CIDRs, `--rerun` the identical second run of the standard profile.
+Rows: standard and TPROXY (IPv4, iptables-nft) always; `--modes` adds DNS capture and
+native nftables (floor: `nft -f` of the tool's ruleset), `--cidrs` -x 1,000, 5,000 and
+10,000 CIDRs, `--rerun` the identical second run of the standard profile.
 Run as root after `python3 -m compileall -q istio_iptables` (make bench-instructions
 does both): a stale .pyc would add the compiler's cost to the tool.
 """
@@ -110,19 +111,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--cidrs", action="store_true", help="add the -x 1,000 / 5,000 / 10,000 CIDR rows")
     p.add_argument("--rerun", action="store_true", help="add the identical second run of the standard profile")
+    p.add_argument("--modes", action="store_true", help="add DNS capture and native nftables (floor: nft -f)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 1
-    with_x = [(f"-x {n:,} CIDRs", [*STANDARD[:11], cidr_list(n), *STANDARD[12:]]) for n in (1_000, 5_000, 10_000)]
-    rows: list[tuple[str, list[str], bool]] = [
-        ("standard", STANDARD, False),
-        ("standard -m TPROXY", [*STANDARD[:7], "TPROXY", *STANDARD[8:]], False),
-        *((name, flags, False) for name, flags in (with_x if args.cidrs else [])),
-        *([("re-run standard", STANDARD, True)] if args.rerun else []),
-    ]
     with tempfile.TemporaryDirectory(prefix="iinstr-") as tmp:
         scratch = Path(tmp)
+        resolv = scratch / "resolv.conf"
+        resolv.write_text("nameserver 10.96.0.10\n")
+        with_x = [(f"-x {n:,} CIDRs", [*STANDARD[:11], cidr_list(n), *STANDARD[12:]], "restore")
+                  for n in (1_000, 5_000, 10_000)]
+        rows: list[tuple[str, list[str], str]] = [
+            ("standard", STANDARD, "restore"),
+            ("standard -m TPROXY", [*STANDARD[:7], "TPROXY", *STANDARD[8:]], "restore"),
+            *([("DNS capture", [*STANDARD, "--redirect-dns", "--resolv-conf", str(resolv)], "restore"),
+               ("native nftables", [*STANDARD, "--native-nftables"], "nft")] if args.modes else []),
+            *(with_x if args.cidrs else []),
+            *([("re-run standard", STANDARD, "save")] if args.rerun else []),
+        ]
         python = clean_python(scratch)
         logs = scratch / "logs"
         logs.mkdir()
@@ -134,21 +141,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("instructions (valgrind callgrind), IPv4, iptables-nft; M = millions")
         print(f"  floor's interpreter: python -c 'import click' (no teardown) {import_click / 1e6:.1f} M")
         print(f"  {'row':<22} {'floor':>9} {'tool':>9} {'ratio':>6}  tool = python process + the programs it ran")
-        for name, flags, rerun in rows:
+        for name, flags, floor_kind in rows:
             full = [*flags, "--ipv6", "off"]
-            dry = subprocess.run([python, "-m", "istio_iptables", "--dry-run", *full], capture_output=True,
+            output = ["--output", "nft"] if floor_kind == "nft" else []
+            dry = subprocess.run([python, "-m", "istio_iptables", "--dry-run", *output, *full], capture_output=True,
                                  text=True, check=True, cwd=REPO).stdout
             rules = "".join(line + "\n" for line in dry.splitlines() if not line.startswith("#"))
             ns = Namespace()
             try:
-                if rerun:
+                if floor_kind == "save":
                     if ns.run([python, "-m", "istio_iptables", *full]).returncode != 0:
                         raise SystemExit("the first apply failed")
                     floor_child = counted(ns, ["iptables-nft-save"])
                 else:
                     probe = Namespace()
+                    floor_argv = ["nft", "-f", "-"] if floor_kind == "nft" else ["iptables-nft-restore", "--noflush"]
                     try:
-                        floor_child = counted(probe, ["iptables-nft-restore", "--noflush"], rules)
+                        floor_child = counted(probe, floor_argv, rules)
                     finally:
                         probe.close()
                 tool_python, children = count_tool(python, full, logs, ns)

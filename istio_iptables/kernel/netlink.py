@@ -171,32 +171,44 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE = 1
 NFT_MSG_NEWTABLE = 0
+NFTA_TABLE_NAME = 1
+NFPROTO_INET = 1
 NFPROTO = {4: 2, 6: 10}
 
 
-def nft_has_tables(family: int) -> bool | None:
-    """Whether nf_tables holds any table of this IP family in this namespace; None when
-    the kernel will not say (no nf_tables, no privilege).  In a fresh pod the answer is
-    no, and the `iptables-nft-save` process that would print nothing can be skipped."""
+def nft_tables(nfproto: int) -> list[str] | None:
+    """The names of this namespace's nf_tables tables of one family (NFPROTO_*: 1 inet,
+    2 ip, 10 ip6); None when the kernel will not say (no nf_tables, no privilege).
+    One netlink dump, where `nft list tables` would be a process."""
     msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
     request = struct.pack("=IHHII", 20, msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    request += struct.pack("=BBH", NFPROTO[family], 0, 0)
+    request += struct.pack("=BBH", nfproto, 0, 0)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     except OSError:
         return None
+    names: list[str] = []
     try:
         sock.bind((0, 0))
         sock.send(request)
         while True:
             for kind, payload in _messages(sock.recv(65536)):
                 if kind == NLMSG_ERROR:
-                    return None if struct.unpack_from("=i", payload, 0)[0] else False
+                    return None if struct.unpack_from("=i", payload, 0)[0] else names
                 if kind == NLMSG_DONE:
-                    return False
-                if kind & 0xFF == NFT_MSG_NEWTABLE:
-                    return True
+                    return names
+                if kind & 0xFF == NFT_MSG_NEWTABLE and payload[0] == nfproto:
+                    raw = attributes(payload, 4).get(NFTA_TABLE_NAME, b"")
+                    names.append(raw.split(b"\0", 1)[0].decode())
     except OSError:
         return None
     finally:
         sock.close()
+
+
+def nft_has_tables(family: int) -> bool | None:
+    """Whether nf_tables holds any table of this IP family in this namespace; None when
+    the kernel will not say (no nf_tables, no privilege).  In a fresh pod the answer is
+    no, and the `iptables-nft-save` process that would print nothing can be skipped."""
+    names = nft_tables(NFPROTO[family])
+    return None if names is None else bool(names)
