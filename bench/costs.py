@@ -12,12 +12,16 @@ from measure import Bench, fresh_pod
 from rows import STANDARD
 
 # The tool as `-m` runs it, reporting its own CPU apart from its children's.
+# The tool leaves with os._exit (no atexit), so the report wraps os._exit.
 SPLIT_CODE = """\
-import atexit, resource, runpy, sys
-def _report():
+import os, resource, runpy, sys
+_exit = os._exit
+def _report(status):
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     sys.stderr.write(f"BENCH-RUSAGE {me.ru_utime + me.ru_stime} {kids.ru_utime + kids.ru_stime}\\n")
-atexit.register(_report)
+    sys.stderr.flush()
+    _exit(status)
+os._exit = _report
 sys.argv[0] = "istio_iptables"
 runpy.run_module("istio_iptables", run_name="__main__", alter_sys=True)
 """
