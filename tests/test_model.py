@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from istio_iptables.cli.flags import build_settings
 from istio_iptables.model import config as c
@@ -222,3 +224,39 @@ def test_restore_errors_name_the_binary_table_rule_and_kernel_words() -> None:
     assert message.startswith("iptables-nft-restore refused the IPv4 apply in table mangle, line 3:")
     assert "-j TPROXY --on-port 15006" in message
     assert "No chain/target/match by that name" in message
+
+
+_PREFIX_TEXT = st.one_of(st.integers(0, 40).map(str), st.sampled_from(["032", "", "8/8", "-1"]))
+_ADDRESS_TEXT = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda a: f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"),
+    st.sampled_from(["01.2.3.4", "1.2.3", "1.2.3.256", "1.2.3.4.5", "fd00::", "::ffff:1.2.3.4", "1.2.3.4 x"]))
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=65, max_size=120), _PREFIX_TEXT,
+       st.one_of(st.none(), st.builds(lambda a, p: f"{a}/{p}", _ADDRESS_TEXT, _PREFIX_TEXT),
+                 _ADDRESS_TEXT))
+@settings(max_examples=150, deadline=None)
+def test_long_cidr_lists_parse_as_the_per_item_path_does(addresses: list[int], prefix: str,
+                                                          odd: str | None) -> None:
+    """Lists past the bulk threshold take a C-level check; it must accept exactly what
+    the per-item path accepts and give the same result (or the same error)."""
+    items = [f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{prefix}" for a in addresses]
+    if odd is not None:
+        items.insert(len(items) // 2, odd)
+    raw = ",".join(items)
+
+    def per_item() -> c.Cidrs | str:
+        v4: list[str] = []
+        v6: list[str] = []
+        for item in items:
+            version, text = c._normalize_cidr(item) if "/" in item else (0, "")
+            if not version:
+                return "error"
+            (v4 if version == 4 else v6).append(text)
+        return c.Cidrs(wildcard=False, v4=tuple(v4), v6=tuple(v6))
+
+    try:
+        got: c.Cidrs | str = c.parse_cidrs("-x", raw, allow_wildcard=False)
+    except ConfigError:
+        got = "error"
+    assert got == per_item()
