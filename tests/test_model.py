@@ -260,3 +260,26 @@ def test_long_cidr_lists_parse_as_the_per_item_path_does(addresses: list[int], p
     except ConfigError:
         got = "error"
     assert got == per_item()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["OUTPUT", "ISTIO_A", "ISTIO_B"]), st.integers(1, 14)), max_size=10))
+@settings(max_examples=150, deadline=None)
+def test_summary_shows_each_chains_first_and_last_rules_however_they_interleave(
+        runs: list[tuple[str, int]]) -> None:
+    from istio_iptables.model.iptables_plan import FamilyPlan, Rule
+    from istio_iptables.model.iptables_render import SUMMARY_HEAD, SUMMARY_TAIL, summary_text
+
+    chains = [chain for chain, length in runs for _ in range(length)]
+
+    rules = tuple(Rule("nat", chain, ("-m", "comment", "--comment", str(i), "-j", "RETURN"))
+                  for i, chain in enumerate(chains))
+    lines = summary_text(FamilyPlan(4, rules)).splitlines()
+    for chain in set(chains):
+        mine = [f"-A {r.chain} {' '.join(r.params)}" for r in rules if r.chain == chain]
+        shown = [ln for ln in lines if ln.startswith(f"-A {chain} ")]
+        if len(mine) <= SUMMARY_HEAD + SUMMARY_TAIL:
+            assert shown == mine
+        else:
+            assert shown == mine[:SUMMARY_HEAD] + mine[-SUMMARY_TAIL:]
+            assert f"# ... {len(mine) - SUMMARY_HEAD - SUMMARY_TAIL:,} more rules of {chain} ..." in lines
+        assert f"{chain} {len(mine):,}" in lines[0]

@@ -6,7 +6,7 @@ The restore text is byte-for-byte what Istio feeds `iptables-restore --noflush`
 
 from __future__ import annotations
 
-from collections import Counter
+from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
@@ -57,32 +57,51 @@ def summary_text(family_plan: FamilyPlan) -> str:
     lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
     and last few around one line that says how many are left out."""
     rules = family_plan.rules
-    counts = Counter(map(_TABLE_CHAIN, rules))  # C-level: no Python step per rule
+    # Runs of consecutive rules of one chain (a 10,000-CIDR plan has about ten):
+    # groupby compares neighbours in C, so nothing below takes a Python step per rule.
+    runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    at = 0
+    for key, run in groupby(map(_TABLE_CHAIN, rules)):
+        length = len(list(run))
+        runs.setdefault(key, []).append((at, at + length))
+        at += length
+    counts = {key: sum(end - start for start, end in spans) for key, spans in runs.items()}
     shown = SUMMARY_HEAD + SUMMARY_TAIL
-    heads: dict[tuple[str, str], list[Rule]] = {key: [] for key in counts}
-    tails: dict[tuple[str, str], list[Rule]] = {key: [] for key, n in counts.items() if n > shown}
-    for picked, limit, ordered in ((heads, shown, rules), (tails, SUMMARY_TAIL, reversed(rules))):
-        wanted = sum(min(limit, counts[key]) for key in picked)
-        for rule in ordered:
-            if not wanted:
-                break
-            got = picked.get(rule[:2])
-            if got is not None and len(got) < limit:
-                got.append(rule)
-                wanted -= 1
+    heads = {key: _first(rules, spans, shown) for key, spans in runs.items()}
+    tails = {key: _last(rules, spans, SUMMARY_TAIL) for key, spans in runs.items() if counts[key] > shown}
     lines: list[str] = []
     for table in family_plan.tables():
-        keys = [key for key in counts if key[0] == table]
-        keys.sort(key=lambda k: k[1] not in BUILTIN_CHAINS_AND_VERDICTS)  # hooks first, else as planned
-        lines.append(f"*{table}  (rules per chain: {', '.join(f'{c} {counts[t, c]:,}' for t, c in keys)})")
-        for key in keys:
+        in_table = [key for key in counts if key[0] == table]
+        in_table.sort(key=lambda k: k[1] not in BUILTIN_CHAINS_AND_VERDICTS)  # hooks first, else as planned
+        lines.append(f"*{table}  (rules per chain: {', '.join(f'{c} {counts[t, c]:,}' for t, c in in_table)})")
+        for key in in_table:
             if counts[key] <= shown:
                 lines += [_rule_line(r) for r in heads[key]]
                 continue
             lines += [_rule_line(r) for r in heads[key][:SUMMARY_HEAD]]
             lines.append(f"# ... {counts[key] - shown:,} more rules of {key[1]} ...")
-            lines += [_rule_line(r) for r in reversed(tails[key])]
+            lines += [_rule_line(r) for r in tails[key]]
     return "\n".join(lines)
+
+
+def _first(rules: tuple[Rule, ...], spans: list[tuple[int, int]], count: int) -> list[Rule]:
+    """The first `count` rules of a chain, from its runs (start, end) in plan order."""
+    found: list[Rule] = []
+    for start, end in spans:
+        found += rules[start:min(end, start + count - len(found))]
+        if len(found) == count:
+            break
+    return found
+
+
+def _last(rules: tuple[Rule, ...], spans: list[tuple[int, int]], count: int) -> list[Rule]:
+    """The last `count` rules of a chain, in plan order."""
+    found: list[Rule] = []
+    for start, end in reversed(spans):
+        found[:0] = rules[max(start, end - count + len(found)):end]
+        if len(found) == count:
+            break
+    return found
 
 
 def render_restore(plan: Plan) -> str:
