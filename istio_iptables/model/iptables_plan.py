@@ -6,6 +6,7 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 (TPROXY policy routing, the ::6 loopback address) so a dry run shows all of an apply.
 """
 
+from collections.abc import Iterable
 from itertools import compress
 from operator import itemgetter
 from typing import NamedTuple, Protocol
@@ -32,9 +33,8 @@ DNS_AGENT_PORT = "15053"
 IPV6_LOOPBACK = "::1/128"
 IPV6_INBOUND_PASSTHROUGH = "::6/128"
 IPV4_INBOUND_PASSTHROUGH = "127.0.0.6/32"
-_TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain), without a Python step per rule
 _new_tuple = tuple.__new__
-_TABLE, _PARAMS, _NEXT_TO_LAST, _LAST = itemgetter(0), itemgetter(2), itemgetter(-2), itemgetter(-1)
+_TABLE, _CHAIN, _PARAMS, _LAST = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
 
 
 class Rule(NamedTuple):
@@ -69,15 +69,19 @@ class FamilyPlan(NamedTuple):
     def chains(self) -> list[tuple[str, str]]:
         """(table, chain) pairs to create, in Istio's order: chains holding rules first,
         then chains only jumped to."""
-        # dict.fromkeys keeps first-seen order and drops repeats in one C-level pass,
-        # which matters with 10,000 -x CIDRs.
-        holders = dict.fromkeys(map(_TABLE_CHAIN, self.rules))
-        params = list(map(_PARAMS, self.rules))
-        if min(map(len, params), default=0) >= 2:  # (table, target) of every `... -j X`, in C
-            is_jump = map("-j".__eq__, map(_NEXT_TO_LAST, params))
-            jumped = dict.fromkeys(compress(zip(map(_TABLE, self.rules), map(_LAST, params), strict=True), is_jump))
-        else:
-            jumped = dict.fromkeys((r.table, t) for r in self.rules if (t := r.jump_target) is not None)
+        # C-level passes only (map, zip, compress, dict.fromkeys), which matters with
+        # 10,000 -x CIDRs: zip reuses its tuple when dict.fromkeys drops a repeat.
+        rules = self.rules
+        holders = dict.fromkeys(zip(map(_TABLE, rules), map(_CHAIN, rules), strict=True))
+        # Jumps into our chains: the rules whose last word is not a built-in target
+        # (a handful; the 10,000 `-j RETURN` fall out here), then Istio's "-j X" check.
+        candidates: Iterable[Rule] = rules
+        params = list(map(_PARAMS, rules))
+        if all(params):  # every rule has a last word to look at
+            lasts = list(map(_LAST, params))
+            targets = set(lasts) - BUILTIN_CHAINS_AND_VERDICTS
+            candidates = compress(rules, map(targets.__contains__, lasts))
+        jumped = dict.fromkeys((r.table, t) for r in candidates if (t := r.jump_target) is not None)
         ordered = dict.fromkeys([*holders, *jumped])
         return [pair for pair in ordered if pair[1] not in BUILTIN_CHAINS_AND_VERDICTS]
 
