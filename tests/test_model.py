@@ -283,3 +283,22 @@ def test_summary_shows_each_chains_first_and_last_rules_however_they_interleave(
             assert shown == mine[:SUMMARY_HEAD] + mine[-SUMMARY_TAIL:]
             assert f"# ... {len(mine) - SUMMARY_HEAD - SUMMARY_TAIL:,} more rules of {chain} ..." in lines
         assert f"{chain} {len(mine):,}" in lines[0]
+
+
+def test_native_final_log_summary_keeps_counts_hooks_and_both_ends() -> None:
+    from istio_iptables.apply.final_log import nft_summary
+    from istio_iptables.model.nft_plan import render_nft
+
+    cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(2_000))
+    settings = build_settings({"outbound_cidrs": "*", "inbound_ports": "*", "outbound_exclude_cidrs": cidrs}, {})
+    rules = [ln for ln in render_nft(settings.capture, HostFacts(ipv6=False)).splitlines()
+             if ln.startswith("add rule ")]
+    lines = nft_summary(rules).splitlines()
+    assert len(lines) < 40
+    assert lines[0].startswith("inet istio-proxy-nat  (rules per chain:") and "istio-output 2,0" in lines[0]
+    assert "add rule inet istio-proxy-nat prerouting meta l4proto tcp counter jump istio-inbound" in lines
+    assert "add rule inet istio-proxy-nat output counter jump istio-output" in lines
+    chain = "add rule inet istio-proxy-nat istio-output "
+    output = [ln for ln in rules if ln.startswith(chain)]
+    assert [ln for ln in lines if ln.startswith(chain)] == output[:10] + output[-5:]
+    assert f"# ... {len(output) - 15:,} more rules of istio-output ..." in lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.final_log import log_final_nft
 from istio_iptables.apply.system import add_system_steps, cleanup_system_steps, undo_system_steps
 from istio_iptables.kernel.nft import NftError, apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
 from istio_iptables.model.config import CaptureConfig, RunOptions
@@ -22,7 +23,8 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             cleanup_nft()
         else:
             before = istio_tables_text()
-            apply_nft(cleanup_text() + render_nft(capture, facts))
+            written = render_nft(capture, facts)
+            apply_nft(cleanup_text() + written)
     except NftError as err:
         raise ApplyError(f"{err}; nft commits all or nothing, so nothing was changed") from None
     if run.cleanup_only:
@@ -43,4 +45,4 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
         outcome = ("ROLLBACK INCOMPLETE: " + "; ".join(problems)) if problems else \
             "the namespace was restored to its state before this run"
         raise ApplyError(f"{err}; {outcome}") from None
-    log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
+    log_final_nft(written, nft_ruleset)

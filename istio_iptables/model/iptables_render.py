@@ -6,9 +6,10 @@ The restore text is byte-for-byte what Istio feeds `iptables-restore --noflush`
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule
 
@@ -20,6 +21,8 @@ IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 SUMMARY_ABOVE_RULES = 500
 SUMMARY_HEAD, SUMMARY_TAIL = 10, 5  # rules shown at each end of a chain that is summarised
 _TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain)
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 def restore_text(family_plan: FamilyPlan) -> str:
@@ -57,18 +60,12 @@ def summary_text(family_plan: FamilyPlan) -> str:
     lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
     and last few around one line that says how many are left out."""
     rules = family_plan.rules
-    # Runs of consecutive rules of one chain (a 10,000-CIDR plan has about ten):
-    # groupby compares neighbours in C, so nothing below takes a Python step per rule.
-    runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    at = 0
-    for key, run in groupby(map(_TABLE_CHAIN, rules)):
-        length = len(list(run))
-        runs.setdefault(key, []).append((at, at + length))
-        at += length
+    # Runs of consecutive rules of one chain: a 10,000-CIDR plan has about ten.
+    runs = runs_by_key(map(_TABLE_CHAIN, rules))
     counts = {key: sum(end - start for start, end in spans) for key, spans in runs.items()}
     shown = SUMMARY_HEAD + SUMMARY_TAIL
-    heads = {key: _first(rules, spans, shown) for key, spans in runs.items()}
-    tails = {key: _last(rules, spans, SUMMARY_TAIL) for key, spans in runs.items() if counts[key] > shown}
+    heads = {key: first_of_runs(rules, spans, shown) for key, spans in runs.items()}
+    tails = {key: last_of_runs(rules, spans, SUMMARY_TAIL) for key, spans in runs.items() if counts[key] > shown}
     lines: list[str] = []
     for table in family_plan.tables():
         in_table = [key for key in counts if key[0] == table]
@@ -84,9 +81,21 @@ def summary_text(family_plan: FamilyPlan) -> str:
     return "\n".join(lines)
 
 
-def _first(rules: tuple[Rule, ...], spans: list[tuple[int, int]], count: int) -> list[Rule]:
-    """The first `count` rules of a chain, from its runs (start, end) in plan order."""
-    found: list[Rule] = []
+def runs_by_key(keys: Iterable[K]) -> dict[K, list[tuple[int, int]]]:
+    """Where each key's runs of consecutive items lie: key -> [(start, end), ...] in
+    order.  groupby compares neighbours in C, so there is no Python step per item."""
+    runs: dict[K, list[tuple[int, int]]] = {}
+    at = 0
+    for key, run in groupby(keys):
+        length = len(list(run))
+        runs.setdefault(key, []).append((at, at + length))
+        at += length
+    return runs
+
+
+def first_of_runs(rules: Sequence[T], spans: list[tuple[int, int]], count: int) -> list[T]:
+    """The first `count` items of a chain, from its runs (start, end) in plan order."""
+    found: list[T] = []
     for start, end in spans:
         found += rules[start:min(end, start + count - len(found))]
         if len(found) == count:
@@ -94,9 +103,9 @@ def _first(rules: tuple[Rule, ...], spans: list[tuple[int, int]], count: int) ->
     return found
 
 
-def _last(rules: tuple[Rule, ...], spans: list[tuple[int, int]], count: int) -> list[Rule]:
-    """The last `count` rules of a chain, in plan order."""
-    found: list[Rule] = []
+def last_of_runs(rules: Sequence[T], spans: list[tuple[int, int]], count: int) -> list[T]:
+    """The last `count` items of a chain, in plan order."""
+    found: list[T] = []
     for start, end in reversed(spans):
         found[:0] = rules[max(start, end - count + len(found)):end]
         if len(found) == count:
