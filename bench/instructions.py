@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *([("DNS capture", [*STANDARD, "--redirect-dns", "--resolv-conf", str(resolv)], "restore"),
                ("native nftables", [*STANDARD, "--native-nftables"], "nft")] if args.modes else []),
             *(with_x if args.cidrs else []),
+            *([("native -x 10,000 CIDRs", [*with_x[-1][1], "--native-nftables"], "nft")]
+              if args.cidrs and args.modes else []),
             *([("re-run standard", STANDARD, "save")] if args.rerun else []),
         ]
         python = clean_python(scratch)
