@@ -43,7 +43,7 @@ bench:              ## startup cost against the floor and the shell baseline (ro
 	$(PYTHON) -m compileall -q istio_iptables
 	$(PYTHON) bench/bench.py
 
-bench-instructions: ## the same comparison in instructions (valgrind): repeatable on a noisy VM
+bench-instructions: ## standard and TPROXY against the floor in instructions (valgrind): repeatable on a noisy VM
 	@$(BOOTSTRAP)
 	$(PYTHON) -m compileall -q istio_iptables
 	$(PYTHON) bench/instructions.py

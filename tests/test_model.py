@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from istio_iptables.cli.flags import build_settings
 from istio_iptables.model import config as c
 from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, ConfigError
@@ -220,6 +221,38 @@ def _as_save(restore: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_large_final_log_summary_keeps_hooks_counts_and_both_ends_of_big_chains() -> None:
+    from istio_iptables.model.iptables_render import SUMMARY_ABOVE_RULES, summary_text
+
+    cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(2_000))
+    settings = build_settings({"outbound_cidrs": "*", "inbound_ports": "*", "outbound_exclude_cidrs": cidrs}, {})
+    plan = build_plan(settings.capture, HostFacts(ipv6=False)).v4
+    assert len(plan.rules) > SUMMARY_ABOVE_RULES
+    text = summary_text(plan)
+    lines = text.splitlines()
+    assert len(lines) < 40  # not 2,000
+    assert lines[0].startswith("*nat  (rules per chain: PREROUTING 1, OUTPUT 1,") and "ISTIO_OUTPUT 2,0" in lines[0]
+    assert lines[1:3] == ["-A PREROUTING -p tcp -j ISTIO_INBOUND", "-A OUTPUT -j ISTIO_OUTPUT"]
+    output = [ln for ln in lines if ln.startswith("-A ISTIO_OUTPUT")]
+    assert output[-1] == "-A ISTIO_OUTPUT -j ISTIO_REDIRECT"  # the chain's last rule, after the CIDRs
+    assert "-A ISTIO_OUTPUT -d 10.7.207.0/24 -j RETURN" in lines  # the last CIDR
+    hidden = len([r for r in plan.rules if r.chain == "ISTIO_OUTPUT"]) - len(output)
+    assert f"# ... {hidden:,} more rules of ISTIO_OUTPUT ..." in lines
+    # every rule of the small chains is there, in order
+    assert [ln for ln in lines if ln.startswith("-A ISTIO_INBOUND")] == \
+        [ln for ln in restore_text(plan).splitlines() if ln.startswith("-A ISTIO_INBOUND")]
+
+
+def test_realistic_profiles_log_the_full_save() -> None:
+    from istio_iptables.model.iptables_render import SUMMARY_ABOVE_RULES
+
+    everything = {"outbound_cidrs": "*", "inbound_ports": "*", "mode": "TPROXY", "redirect_dns": True,
+                  "capture_all_dns": True, "outbound_exclude_cidrs": ",".join(f"10.0.{i}.0/24" for i in range(50))}
+    host = HostFacts(ipv6=True, nameservers_v4=("10.96.0.10",), nameservers_v6=("fd00::a",))
+    plan = build_plan(build_settings(everything, {}).capture, host)
+    assert all(len(f.rules) < SUMMARY_ABOVE_RULES / 2 for f in plan.families)
+
+
 def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
     code = ("import sys\n"
             "from istio_iptables.cli.flags import build_settings\n"
@@ -233,6 +266,29 @@ def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
             "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.netns
+def test_applied_tproxy_run_never_imports_pyroute2() -> None:
+    """The TPROXY routes go in through stdlib rtnetlink: an applied run in a real
+    namespace (rules, ::6, ip rule/route in both families) lists every module it
+    imported under -X importtime, and pyroute2 is not among them."""
+    from istio_iptables.lab.netlab import NetLab
+    from tests.integration.conftest import require_netns
+
+    require_netns()
+    with NetLab() as lab:
+        argv = [sys.executable, "-X", "importtime", "-m", "istio_iptables", "--network-namespace",
+                lab.pod_ns_path, "-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*",
+                "-b", "*", "--dual-stack"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "fwmark 0x539 lookup 133" in lab.run("pod", "ip", "-6", "rule").stdout
+        assert "local default dev lo" in lab.run("pod", "ip", "route", "show", "table", "133").stdout
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line]
+    assert "istio_iptables.kernel.routes" in imported  # the route steps did run in this process
+    assert [m for m in imported if m.split(".")[0] in ("pyroute2", "iptc")] == []
 
 
 def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,3 +318,81 @@ def test_restore_errors_name_the_binary_table_rule_and_kernel_words() -> None:
     assert message.startswith("iptables-nft-restore refused the IPv4 apply in table mangle, line 3:")
     assert "-j TPROXY --on-port 15006" in message
     assert "No chain/target/match by that name" in message
+
+
+_PREFIX_TEXT = st.one_of(st.integers(0, 40).map(str), st.sampled_from(["032", "", "8/8", "-1"]))
+_ADDRESS_TEXT = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda a: f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"),
+    st.sampled_from(["01.2.3.4", "1.2.3", "1.2.3.256", "1.2.3.4.5", "fd00::", "::ffff:1.2.3.4", "1.2.3.4 x"]))
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=65, max_size=120), _PREFIX_TEXT,
+       st.one_of(st.none(), st.builds(lambda a, p: f"{a}/{p}", _ADDRESS_TEXT, _PREFIX_TEXT),
+                 _ADDRESS_TEXT))
+@settings(max_examples=150, deadline=None)
+def test_long_cidr_lists_parse_as_the_per_item_path_does(addresses: list[int], prefix: str,
+                                                          odd: str | None) -> None:
+    """Lists past the bulk threshold take a C-level check; it must accept exactly what
+    the per-item path accepts and give the same result (or the same error)."""
+    items = [f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{prefix}" for a in addresses]
+    if odd is not None:
+        items.insert(len(items) // 2, odd)
+    raw = ",".join(items)
+
+    def per_item() -> c.Cidrs | str:
+        v4: list[str] = []
+        v6: list[str] = []
+        for item in items:
+            version, text = c._normalize_cidr(item) if "/" in item else (0, "")
+            if not version:
+                return "error"
+            (v4 if version == 4 else v6).append(text)
+        return c.Cidrs(wildcard=False, v4=tuple(v4), v6=tuple(v6))
+
+    try:
+        got: c.Cidrs | str = c.parse_cidrs("-x", raw, allow_wildcard=False)
+    except ConfigError:
+        got = "error"
+    assert got == per_item()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["OUTPUT", "ISTIO_A", "ISTIO_B"]), st.integers(1, 14)), max_size=10))
+@settings(max_examples=150, deadline=None)
+def test_summary_shows_each_chains_first_and_last_rules_however_they_interleave(
+        runs: list[tuple[str, int]]) -> None:
+    from istio_iptables.model.iptables_plan import FamilyPlan, Rule
+    from istio_iptables.model.iptables_render import SUMMARY_HEAD, SUMMARY_TAIL, summary_text
+
+    chains = [chain for chain, length in runs for _ in range(length)]
+
+    rules = tuple(Rule("nat", chain, ("-m", "comment", "--comment", str(i), "-j", "RETURN"))
+                  for i, chain in enumerate(chains))
+    lines = summary_text(FamilyPlan(4, rules)).splitlines()
+    for chain in set(chains):
+        mine = [f"-A {r.chain} {' '.join(r.params)}" for r in rules if r.chain == chain]
+        shown = [ln for ln in lines if ln.startswith(f"-A {chain} ")]
+        if len(mine) <= SUMMARY_HEAD + SUMMARY_TAIL:
+            assert shown == mine
+        else:
+            assert shown == mine[:SUMMARY_HEAD] + mine[-SUMMARY_TAIL:]
+            assert f"# ... {len(mine) - SUMMARY_HEAD - SUMMARY_TAIL:,} more rules of {chain} ..." in lines
+        assert f"{chain} {len(mine):,}" in lines[0]
+
+
+def test_native_final_log_summary_keeps_counts_hooks_and_both_ends() -> None:
+    from istio_iptables.apply.final_log import nft_summary
+    from istio_iptables.model.nft_plan import render_nft
+
+    cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(2_000))
+    settings = build_settings({"outbound_cidrs": "*", "inbound_ports": "*", "outbound_exclude_cidrs": cidrs}, {})
+    rules = [ln for ln in render_nft(settings.capture, HostFacts(ipv6=False)).splitlines()
+             if ln.startswith("add rule ")]
+    lines = nft_summary(rules).splitlines()
+    assert len(lines) < 40
+    assert lines[0].startswith("inet istio-proxy-nat  (rules per chain:") and "istio-output 2,0" in lines[0]
+    assert "add rule inet istio-proxy-nat prerouting meta l4proto tcp counter jump istio-inbound" in lines
+    assert "add rule inet istio-proxy-nat output counter jump istio-output" in lines
+    chain = "add rule inet istio-proxy-nat istio-output "
+    output = [ln for ln in rules if ln.startswith(chain)]
+    assert [ln for ln in lines if ln.startswith(chain)] == output[:10] + output[-5:]
+    assert f"# ... {len(output) - 15:,} more rules of istio-output ..." in lines

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.final_log import log_final_state
 from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import iptables_restore as rb
@@ -101,8 +102,7 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None
     for work in works:
-        final = work.before if not work.text else rb.save(work.binary)  # unchanged: the survey is current
-        log.info("final %s state (IPv%d):\n%s", work.binary.save, work.family, final.rstrip())
+        log_final_state(work.binary, work.plan, work.action, None if work.text else work.before)
 
 
 def _native_tables() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply.final_log import log_final_nft
 from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import netlink
@@ -44,12 +45,13 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             return
         before = istio_tables_text()
         undo.add(lambda: _put_back(before))
-        apply_nft(cleanup_text() + render_nft(capture, facts))
+        written = render_nft(capture, facts)
+        apply_nft(cleanup_text() + written)
         log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
         add_system_steps_undoable(plan, undo)
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None
-    log.info("final nft ruleset:\n%s", nft_ruleset().rstrip())
+    log_final_nft(written, nft_ruleset)
 
 
 def native_tables() -> list[str]:

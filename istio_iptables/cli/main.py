@@ -1,6 +1,6 @@
 """The `istio-iptables` and `istio-clean-iptables` commands.
 
-The apply layer (and with it python-iptables and pyroute2) is imported only when rules
+The apply layer (and with it python-iptables, for --backend libiptc) is imported only when rules
 are applied; a dry run imports the model only.  Exit statuses: 0 done, 1 the kernel
 refused (namespace as before), 2 bad input (one line on stderr, nothing touched),
 126 validation failed.

@@ -1,14 +1,17 @@
-"""The two rtnetlink calls the fast path needs, from the standard library.
+"""The rtnetlink calls the init path needs, from the standard library.
 
-Reading the pod's addresses (for Istio's IPv6 decision) and adding Istio's ::6
-address to lo would otherwise cost a pyroute2 import (~120 ms of CPU and 20 MiB, see
-`make bench`); TPROXY's `ip rule`/`ip route` steps use pyroute2 (routes.py).
+Reading the pod's addresses (for Istio's IPv6 decision), adding Istio's ::6 address to
+lo and TPROXY's `ip rule`/`ip route` steps (routes.py, over `request` and `dump`
+here) would otherwise cost a pyroute2 import: 150-200 ms of CPU and 33 MiB, which
+under the init container's 100m limit is 1.5-2 s of pod start (see `make bench`).
+pyroute2 stays for the veth lab, where its breadth pays and startup does not count.
 """
 
 from __future__ import annotations
 
 import _socket as socket  # the C module: skips socket.py's import cost
 import errno
+import os
 import struct
 
 RTM_NEWADDR = 20
@@ -53,7 +56,8 @@ def _messages(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
+def attributes(payload: bytes, offset: int) -> dict[int, bytes]:
+    """A message's attributes (type -> raw value) from `offset`, past its fixed header."""
     attrs: dict[int, bytes] = {}
     while offset + 4 <= len(payload):
         length, kind = struct.unpack_from("=HH", payload, offset)
@@ -80,10 +84,51 @@ def interface_addresses() -> list[tuple[int, str]]:
                     raise NetlinkError("netlink refused the address dump")
                 if msg_type == RTM_NEWADDR:
                     family, _, _, _, index = struct.unpack_from("=BBBBI", payload, 0)
-                    attrs = _attrs(payload, 8)
+                    attrs = attributes(payload, 8)
                     raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
                     if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
                         found.append((index, socket.inet_ntop(family, raw)))
+    finally:
+        sock.close()
+
+
+def _words(code: int) -> str:
+    return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
+
+
+def request(kind: int, flags: int, body: bytes) -> None:
+    """Send one rtnetlink request and wait for its acknowledgement; NetlinkError(errno)
+    when the kernel refuses it."""
+    header = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, 1, 0)
+    sock = _open()
+    try:
+        sock.send(header + body)
+        while True:
+            for msg_type, payload in _messages(sock.recv(65536)):
+                if msg_type == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload, 0)[0]
+                    if code:
+                        raise NetlinkError(code, _words(code))
+                    return
+    finally:
+        sock.close()
+
+
+def dump(kind: int, body: bytes) -> list[bytes]:
+    """The payload of every message a dump request (RTM_GET*) answers with."""
+    header = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    sock = _open()
+    try:
+        sock.send(header + body)
+        found: list[bytes] = []
+        while True:
+            for msg_type, payload in _messages(sock.recv(65536)):
+                if msg_type == NLMSG_DONE:
+                    return found
+                if msg_type == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload, 0)[0]
+                    raise NetlinkError(code, _words(code))
+                found.append(payload)
     finally:
         sock.close()
 
@@ -94,18 +139,10 @@ def _address_request(kind: int, flags: int, address: str, prefixlen: int, device
     attr = struct.pack("=HH", 4 + len(packed), IFA_LOCAL) + packed
     attr += struct.pack("=HH", 4 + len(packed), IFA_ADDRESS) + packed
     body = struct.pack("=BBBBI", socket.AF_INET6, prefixlen, IFA_F_NODAD, RT_SCOPE_HOST, index) + attr
-    header = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, 1, 0)
-    sock = _open()
     try:
-        sock.send(header + body)
-        for msg_type, payload in _messages(sock.recv(65536)):
-            if msg_type == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", payload, 0)[0]
-                if code:
-                    raise NetlinkError(code, f"{errno.errorcode.get(code, code)}: {address}/{prefixlen} dev {device}")
-                return
-    finally:
-        sock.close()
+        request(kind, flags, body)
+    except NetlinkError as err:
+        raise NetlinkError(err.errno, f"{err.strerror}: {address}/{prefixlen} dev {device}") from None
 
 
 def add_ipv6_address(address: str, prefixlen: int = 128, device: str = "lo") -> bool:
@@ -163,7 +200,7 @@ def _nft_dump(nfproto: int, get: int, new: int, keys: tuple[int, ...]) -> list[t
                 if kind == NLMSG_DONE:
                     return found
                 if kind & 0xFF == new:
-                    attrs = _attrs(payload, 4)
+                    attrs = attributes(payload, 4)
                     found.append(tuple(attrs.get(k, b"").rstrip(b"\0").decode("ascii", "replace") for k in keys))
     except OSError:
         return None

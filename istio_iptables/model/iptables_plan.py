@@ -6,6 +6,9 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 (TPROXY policy routing, the ::6 loopback address) so a dry run shows all of an apply.
 """
 
+from collections.abc import Iterable
+from itertools import compress
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 from istio_iptables.model.config import CaptureConfig
@@ -31,6 +34,8 @@ from istio_iptables.model.hostfacts import HostFacts
 BUILTIN_CHAINS_AND_VERDICTS = frozenset(
     {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "RETURN", "DROP"}
 )
+_new_tuple = tuple.__new__
+_TABLE, _CHAIN, _PARAMS, _LAST = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
 
 
 class Rule(NamedTuple):
@@ -65,15 +70,24 @@ class FamilyPlan(NamedTuple):
     def chains(self) -> list[tuple[str, str]]:
         """(table, chain) pairs to create, in Istio's order: chains holding rules first,
         then chains only jumped to."""
-        # dict.fromkeys keeps first-seen order and drops repeats in one C-level pass,
-        # which matters with 10,000 -x CIDRs.
-        holders = dict.fromkeys((r.table, r.chain) for r in self.rules)
-        jumped = dict.fromkeys((r.table, t) for r in self.rules if (t := r.jump_target) is not None)
+        # C-level passes only (map, zip, compress, dict.fromkeys), which matters with
+        # 10,000 -x CIDRs: zip reuses its tuple when dict.fromkeys drops a repeat.
+        rules = self.rules
+        holders = dict.fromkeys(zip(map(_TABLE, rules), map(_CHAIN, rules), strict=True))
+        # Jumps into our chains: the rules whose last word is not a built-in target
+        # (a handful; the 10,000 `-j RETURN` fall out here), then Istio's "-j X" check.
+        candidates: Iterable[Rule] = rules
+        params = list(map(_PARAMS, rules))
+        if all(params):  # every rule has a last word to look at
+            lasts = list(map(_LAST, params))
+            targets = set(lasts) - BUILTIN_CHAINS_AND_VERDICTS
+            candidates = compress(rules, map(targets.__contains__, lasts))
+        jumped = dict.fromkeys((r.table, t) for r in candidates if (t := r.jump_target) is not None)
         ordered = dict.fromkeys([*holders, *jumped])
         return [pair for pair in ordered if pair[1] not in BUILTIN_CHAINS_AND_VERDICTS]
 
     def tables(self) -> list[str]:
-        present = {r.table for r in self.rules}
+        present = set(map(_TABLE, self.rules))
         return [t for t in TABLE_ORDER if t in present]
 
 
@@ -142,6 +156,13 @@ class _Builder:
         self.v4_rule(table, chain, *params, position=position)
         self.v6_rule(table, chain, *params, position=position)
 
+    @staticmethod
+    def returns(rules: list[Rule], cidrs: tuple[str, ...]) -> None:
+        """`-A ISTIO_OUTPUT -d CIDR -j RETURN` per excluded CIDR.  Lists run to thousands,
+        so each rule is made by tuple.__new__ (C) rather than a call to Rule's Python __new__."""
+        rules.extend([_new_tuple(Rule, ("nat", ISTIO_OUTPUT, ("-d", cidr, "-j", "RETURN"), None))
+                      for cidr in cidrs])
+
     def versioned(self, v4_addr: str, v6_addr: str, table: str, chain: str, *params: str) -> None:
         """A rule that differs per family only in one address, written as `{}`."""
         self.v4_rule(table, chain, *(v4_addr if p == "{}" else p for p in params))
@@ -175,10 +196,9 @@ def build_plan(cfg: CaptureConfig, host: HostFacts) -> Plan:
     if redirect_dns:
         _dns(b, cfg, host)
     b.versioned(cfg.ipv4_loopback_cidr, IPV6_LOOPBACK, "nat", ISTIO_OUTPUT, "-d", "{}", "-j", "RETURN")
-    for cidr in cfg.outbound_exclude_cidrs.v4:
-        b.v4_rule("nat", ISTIO_OUTPUT, "-d", cidr, "-j", "RETURN")
-    for cidr in cfg.outbound_exclude_cidrs.v6:
-        b.v6_rule("nat", ISTIO_OUTPUT, "-d", cidr, "-j", "RETURN")
+    b.returns(b.v4, cfg.outbound_exclude_cidrs.v4)
+    if b.ipv6:
+        b.returns(b.v6, cfg.outbound_exclude_cidrs.v6)
     for port in cfg.outbound_ports:
         b.both("nat", ISTIO_OUTPUT, "-p", "tcp", "--dport", str(port), "-j", ISTIO_REDIRECT)
     _outbound_include(b, cfg, b.v4_rule, cfg.outbound_cidrs.v4)

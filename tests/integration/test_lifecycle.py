@@ -173,6 +173,26 @@ def test_rollback_in_a_fresh_namespace_leaves_no_empty_tables(lab: NetLab) -> No
     assert (saved(lab), saved(lab, ipv6=True)) == ("", "")
 
 
+def test_failed_tproxy_route_removes_exactly_what_this_run_added(lab: NetLab) -> None:
+    lab.run("pod", "ip", "-6", "rule", "add", "fwmark", "1337", "lookup", "133")  # someone else's, kept
+    lab.run("pod", "ip", "-6", "route", "add", "unreachable", "default", "table", "133")  # our route cannot go in
+    before = [lab.run("pod", *cmd).stdout for cmd in (("ip", "rule"), ("ip", "-6", "rule"),
+                                                      ("ip", "route", "show", "table", "all"),
+                                                      ("ip", "-6", "route", "show", "table", "all"))]
+    before4, before6 = saved(lab), saved(lab, ipv6=True)
+
+    done = istio(lab, "-m", "TPROXY", "-b", "*", "--dual-stack")
+
+    assert done.returncode == 1
+    assert "ip -6 route add local default dev lo table 133 failed: table 133 already holds" in done.stderr
+    assert "restored to its state before this run" in done.stderr
+    after = [lab.run("pod", *cmd).stdout for cmd in (("ip", "rule"), ("ip", "-6", "rule"),
+                                                     ("ip", "route", "show", "table", "all"),
+                                                     ("ip", "-6", "route", "show", "table", "all"))]
+    assert after == before  # the IPv4 rule and route it added are gone, the foreign IPv6 rule stays
+    assert (saved(lab), saved(lab, ipv6=True)) == (before4, before6)
+
+
 def test_validation_passes_after_apply_and_fails_without_rules(lab: NetLab) -> None:
     failed = istio(lab, "--run-validation", "--skip-rule-apply", "--probe-timeout", "2s", "--ipv6", "off")
     assert failed.returncode == 126
