@@ -10,7 +10,7 @@ def differences(capture: CaptureConfig, run: RunOptions) -> list[str]:
     """What differs between the current namespace and the plan, in words (empty: in
     sync).  iptables mode compares every family's rules in order (apply/iptables);
     native nftables mode checks that our tables exist (their rules are not compared);
-    both check the ::6 address when the plan adds it.  TPROXY routes are not read."""
+    both check the ::6 address and TPROXY's policy routing when the plan adds them."""
     from istio_iptables.model.iptables_plan import build_plan
 
     facts = hostfacts.gather(run.ipv6, capture.dual_stack, capture.redirect_dns and not capture.capture_all_dns,
@@ -22,6 +22,10 @@ def differences(capture: CaptureConfig, run: RunOptions) -> list[str]:
         from istio_iptables.apply.iptables import check_iptables
 
         problems = check_iptables(plan, run)
+    if plan.routes:
+        from istio_iptables.kernel.routes import missing_routes
+
+        problems += [f"missing: {step.describe()}" for step in missing_routes(plan.routes)]
     if plan.addresses:
         from istio_iptables.kernel.netlink import interface_addresses
         from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUND_PASSTHROUGH_ADDRESS

@@ -162,3 +162,10 @@ def remove_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:
         except OSError as err:
             raise RouteError(f"removing ({step.describe()}) failed: {err.strerror or err}") from None
     return removed
+
+
+def missing_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:
+    """The steps not in place now (read-only: two dumps per family), for a CHECK."""
+    lo_index = socket.if_nametoindex("lo")
+    return [step for step in steps
+            if not (_rule_present(step) if step.kind == "rule" else _local_default_present(step, lo_index))]

@@ -163,6 +163,19 @@ def test_check_fails_when_the_rules_are_gone(lab: NetLab) -> None:
     assert "missing" in check.json["details"]
 
 
+def test_check_fails_when_tproxy_policy_routing_is_gone(lab: NetLab) -> None:
+    """TPROXY's rules are useless without `ip rule fwmark 1337 lookup 133`: CHECK says so."""
+    conf = annotated("1.0.0", lab.pod_ns_path, {"sidecar.istio.io/interceptionMode": "TPROXY"})
+    assert cni("ADD", lab.pod_ns_path, conf).returncode == 0
+    assert cni("CHECK", lab.pod_ns_path, conf).returncode == 0
+    lab.run("pod", "ip", "-4", "rule", "del", "fwmark", "1337", "lookup", "133")
+
+    check = cni("CHECK", lab.pod_ns_path, conf)
+
+    assert check.returncode == 1 and check.json["code"] == 101, check
+    assert "missing: ip -4 rule add fwmark 1337 lookup 133" in check.json["details"]
+
+
 def test_native_nftables_mode_add_check_del(lab: NetLab) -> None:
     conf = config("1.0.0", lab.pod_ns_path, capture=[*CAPTURE, "--native-nftables"])
     outbound = lab.listen("pod", 15001)
