@@ -1,4 +1,4 @@
-"""Promises at the edges (issue 9, items 4-6), on a real kernel.
+"""Promises at the edges, on a real kernel: the validation probe, libiptc with -c/-k, strict input.
 
 * The validation probe as Istio's istio-validation container runs it: uid/gid 1337,
   every capability dropped, ``--skip-rule-apply --run-validation``.
@@ -30,7 +30,7 @@ FOREIGN_RULES = (("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "
                  ("-t", "mangle", "-A", "PREROUTING", "-i", "eth0", "-p", "udp", "--dport", "9998", "-j", "RETURN"))
 
 
-# ----------------------------------------------------------------------------- item 4
+# ----------------------------------------------------------------------------- the validation probe
 
 
 def _unprivileged_python() -> tuple[str, dict[str, str]]:
@@ -81,7 +81,7 @@ def test_validation_of_an_unknown_user_is_a_usage_error(lab: NetLab) -> None:
     assert "Traceback" not in done.stderr
 
 
-# ----------------------------------------------------------------------------- item 5
+# ----------------------------------------------------------------------------- libiptc and interface masks
 
 FLAG_SETS = {
     "c-k": ("-c", "eth0", "-k", "eth1", "--dual-stack"),
@@ -135,7 +135,7 @@ def test_libiptc_matches_restore_reruns_as_noop_and_cleans_up(lab: NetLab, name:
     assert after_cleanup[2:] == before[2:]
 
 
-# ----------------------------------------------------------------------------- item 6
+# ----------------------------------------------------------------------------- strict input
 
 
 def test_network_namespace_fifo_is_refused_at_once(lab: NetLab, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The promises at the edges, on a real kernel (issue 9): nothing lost, one capture,
+"""The promises at the edges, on a real kernel: nothing lost, one capture,
 restart-safe.  Concurrent writers, another writer during a failed run, mixed
 backends and modes, order-aware drift, foreign ISTIO_-named chains, re-run cost,
 and `nft list ruleset` after a failure."""
