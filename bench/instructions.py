@@ -90,15 +90,11 @@ def counted(ns: Namespace, argv: Sequence[str], stdin: str = "") -> int:
     return collected(done.stderr)
 
 
-def count_tool(python: str, args: Sequence[str], logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
-    """The tool's own process and each program it started, in start order."""
-    for old in logs.iterdir():
-        old.unlink()
-    done = ns.run([*VALGRIND, f"--log-file={logs}/%p", python, "-m", "istio_iptables", *args])
-    if done.returncode != 0:
-        raise SystemExit(f"istio-iptables failed under valgrind:\n{done.stderr[-2000:]}")
+def per_process(logs: Path) -> tuple[int, list[tuple[str, int]]]:
+    """From one log per traced process (valgrind --log-file=DIR/%p), in start order: the
+    first Python process's count, and (program, count) for every other process."""
     own, children = 0, []
-    for log in sorted(logs.iterdir(), key=lambda p: int(p.name)):
+    for log in sorted(logs.iterdir(), key=lambda path: int(path.name)):
         text = log.read_text()
         command = _COMMAND.search(text)
         program = Path(command.group(1).split()[0]).name if command else "?"
@@ -107,6 +103,16 @@ def count_tool(python: str, args: Sequence[str], logs: Path, ns: Namespace) -> t
         else:
             children.append((program, collected(text)))
     return own, children
+
+
+def count_tool(python: str, args: Sequence[str], logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
+    """The tool's own process and each program it started, in start order."""
+    for old in logs.iterdir():
+        old.unlink()
+    done = ns.run([*VALGRIND, f"--log-file={logs}/%p", python, "-m", "istio_iptables", *args])
+    if done.returncode != 0:
+        raise SystemExit(f"istio-iptables failed under valgrind:\n{done.stderr[-2000:]}")
+    return per_process(logs)
 
 
 def count_tree(ns: Namespace, argv: Sequence[str], out: Path) -> int:
@@ -144,16 +150,7 @@ def count_cni_add(python: str, logs: Path, ns: Namespace) -> tuple[int, list[tup
                           input=cni_add_config(ns), text=True, capture_output=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"the CNI ADD failed under valgrind:\n{done.stdout[-1000:]}{done.stderr[-2000:]}")
-    own, children = 0, []
-    for log in sorted(logs.iterdir(), key=lambda path: int(path.name)):
-        text = log.read_text()
-        command = _COMMAND.search(text)
-        program = Path(command.group(1).split()[0]).name if command else "?"
-        if own == 0 and program.startswith("python"):
-            own = collected(text)
-        else:
-            children.append((program, collected(text)))
-    return own, children
+    return per_process(logs)
 
 
 def cidr_list(count: int) -> str:

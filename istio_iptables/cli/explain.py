@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
-from istio_iptables.cli.flags import Settings, add_options, build_settings, normalize_argv, with_pod_flags
+from istio_iptables.cli.flags import Settings, add_options, build_settings, help_option, normalize_argv, with_pod_flags
 from istio_iptables.model.config import ConfigError
 from istio_iptables.model.explain import Answer, Connection, Pod, explain
 from istio_iptables.model.iptables_match import Tables
@@ -311,17 +311,11 @@ def capture_flags(func: Any) -> Any:
     return add_options(func, exclude=OWN_EXCLUDED)
 
 
-def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(ctx.get_help(), color=ctx.color)
-        ctx.exit()
-
 
 def make_command(result: dict[str, Any]) -> click.Command:
     @click.command(name=PROG, add_help_option=False, context_settings={"max_content_width": 110})
     @own_options
-    @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
-                  help="Show this message and exit.")
+    @help_option
     @capture_flags
     def command(**values: Any) -> None:
         """Explain where one connection lands under the capture rules, and why: every

@@ -17,6 +17,7 @@ from istio_iptables.cli.flags import (
     Settings,
     add_options,
     build_settings,
+    help_option,
     normalize_argv,
     wants_from_pod,
     wants_json_logs,
@@ -63,20 +64,12 @@ def _dry_run(settings: Settings) -> int:
     return 0
 
 
-def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(ctx.get_help(), color=ctx.color)
-        ctx.exit()
-
 
 def make_command(name: str, cleanup: bool, env: Mapping[str, str] | None = None) -> click.Command:
-    # Our own -h/--help: click's built-in one asks gettext for its help text at every
-    # start, which searches the locale directories (~2 ms of CPU per pod).
     @click.command(name=name, add_help_option=False, context_settings={"max_content_width": 110})
     @click.argument("action", required=False, metavar="[clean]")
     @add_options
-    @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
-                  help="Show this message and exit.")
+    @help_option
     def command(action: str | None, **given: Any) -> None:
         """Write Istio's sidecar traffic-capture rules (istio-init) into this network
         namespace: inbound TCP to the capture port, outbound TCP to the proxy port,

@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from istio_iptables.cli.explain import usage_error
-from istio_iptables.cli.flags import OPTIONS, Settings, add_options, build_settings, normalize_argv, with_pod_flags
+from istio_iptables.cli.flags import (
+    OPTIONS,
+    Settings,
+    add_options,
+    build_settings,
+    help_option,
+    normalize_argv,
+    with_pod_flags,
+)
 from istio_iptables.model.config import ConfigError
 
 PROG = "istio-iptables verify"
@@ -49,18 +57,12 @@ def _capture_flags(func: Any) -> Any:
     return add_options(func, exclude=("output",))
 
 
-def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(ctx.get_help(), color=ctx.color)
-        ctx.exit()
-
 
 def make_command(result: dict[str, Any]) -> click.Command:
     @click.command(name=PROG, add_help_option=False, context_settings={"max_content_width": 110})
     @click.option("--output", "verify_output", type=click.Choice(["text", "json"]), default="text",
                   help="text (a table) or json.")
-    @click.option("-h", "--help", is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
-                  help="Show this message and exit.")
+    @help_option
     @_capture_flags
     def command(**values: Any) -> None:
         """Prove the capture with real traffic (root): build a scratch pod and peer
