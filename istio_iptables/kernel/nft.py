@@ -16,7 +16,8 @@ from istio_iptables.model.nft_plan import FAMILY, TABLES, cleanup_text
 NFT_BINARY = "nft"
 DEFAULT_TIMEOUT = 60.0
 # nft locates errors as "<file>:<line>:<first column>-<last column>: Error: <reason>".
-_ERROR_RE = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<cols>[\d-]+): Error: (?P<reason>.*)$", re.MULTILINE)
+# A pattern, compiled (and cached by re) only when nft failed: not at every import.
+_ERROR_RE = r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<cols>[\d-]+): Error: (?P<reason>.*)$"
 
 
 class NftError(RuntimeError):
@@ -91,7 +92,7 @@ def _nft(args: list[str], *, stdin: str | None = None, timeout: float) -> spawn.
 
 def parse_refusal(stderr: str) -> Refusal:
     """The first located error of nft's stderr, or its first line when none is located."""
-    match = _ERROR_RE.search(stderr)
+    match = re.search(_ERROR_RE, stderr, re.MULTILINE)
     if match is None:
         return Refusal(_first_line(stderr), None)
     return Refusal(match.group("reason").strip(), int(match.group("line")))
