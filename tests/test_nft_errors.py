@@ -6,7 +6,8 @@ import pytest
 
 from istio_iptables.kernel import nft as nft_apply
 from istio_iptables.kernel import spawn
-from istio_iptables.kernel.nft import NftError, Refusal, apply_nft, cleanup_nft, parse_refusal
+from istio_iptables.kernel.nft import NftError, apply_nft, cleanup_nft
+from istio_iptables.kernel.nft_refusal import Refusal, parse_refusal
 
 TEXT = "add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\nadd rule inet istio-proxy-nat x bogus\n"
 STDERR = (

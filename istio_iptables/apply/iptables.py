@@ -16,7 +16,6 @@ from __future__ import annotations
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
 from istio_iptables.apply.final_log import log_final_state
-from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import netlink
@@ -96,8 +95,12 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
             log.info("removing the --native-nftables capture (inet %s)", ", ".join(native))
             remove_native(undo)
         if run.cleanup_only:
+            from istio_iptables.apply.system import cleanup_system_steps
+
             cleanup_system_steps(capture)
-        else:
+        elif plan.system_steps():  # none in the usual pod (REDIRECT, no ::6): apply/system.py unimported, ~0.4 M
+            from istio_iptables.apply.system import add_system_steps_undoable
+
             add_system_steps_undoable(plan, undo)
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None

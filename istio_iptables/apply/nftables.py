@@ -11,7 +11,6 @@ from __future__ import annotations
 from istio_iptables import logs as log
 from istio_iptables.apply.errors import ApplyError
 from istio_iptables.apply.final_log import log_final_nft
-from istio_iptables.apply.system import add_system_steps_undoable, cleanup_system_steps
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import netlink
 from istio_iptables.kernel.nft import apply_nft, cleanup_nft, istio_tables_text, nft_ruleset
@@ -41,6 +40,8 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
         if run.cleanup_only:
             remove_native(undo)
             log.info("removed tables %s", ", ".join(f"inet {t}" for t in TABLES))
+            from istio_iptables.apply.system import cleanup_system_steps
+
             cleanup_system_steps(capture)
             return
         before = istio_tables_text()
@@ -48,7 +49,10 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
         written = render_nft(capture, facts)
         apply_nft(cleanup_text() + written)
         log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
-        add_system_steps_undoable(plan, undo)
+        if plan.system_steps():  # none in the usual pod (REDIRECT, no ::6): apply/system.py unimported, ~0.4 M
+            from istio_iptables.apply.system import add_system_steps_undoable
+
+            add_system_steps_undoable(plan, undo)
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None
     log_final_nft(written, nft_ruleset)

@@ -8,8 +8,6 @@ Every failure becomes one log line and an exit status; nothing escapes as a trac
 
 from __future__ import annotations
 
-import grp
-import pwd
 import time
 
 from istio_iptables import logs as log
@@ -87,12 +85,16 @@ def _check_owners_resolve(capture: CaptureConfig) -> None:
     """Names in -u/-g/owner groups must exist here, or iptables fails half-way."""
     for uid in capture.proxy_uids:
         if not is_number(uid):
+            import pwd  # only for names: numeric ids (the usual -u 1337) need no lookup
+
             try:
                 pwd.getpwnam(uid)
             except KeyError:
                 raise ConfigError("-u/--proxy-uid", uid, "no such user in this container") from None
     for gid in (*capture.proxy_gids, *capture.owner_groups.values):
         if not is_number(gid):
+            import grp  # only for names (~0.3 M instructions to import)
+
             try:
                 grp.getgrnam(gid)
             except KeyError:

@@ -10,9 +10,9 @@ pyroute2 stays for the veth lab, where its breadth pays and startup does not cou
 from __future__ import annotations
 
 import _socket as socket  # the C module: skips socket.py's import cost
+import _struct as struct  # the C module: struct.py only re-exports it (~0.35 M instructions)
 import errno
 import os
-import struct
 
 RTM_NEWADDR = 20
 RTM_DELADDR = 21

@@ -7,16 +7,11 @@ lines of `render_nft` make a re-run replace the rules of Istio's tables, and onl
 those; other nftables tables (kube-proxy's, a CNI's) are never named, so never touched.
 """
 
-import re
-from typing import NamedTuple
-
 from istio_iptables.kernel import netlink, spawn
 from istio_iptables.model.nft_plan import FAMILY, TABLES, cleanup_text
 
 NFT_BINARY = "nft"
 DEFAULT_TIMEOUT = 60.0
-# nft locates errors as "<file>:<line>:<first column>-<last column>: Error: <reason>".
-_ERROR_RE = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<cols>[\d-]+): Error: (?P<reason>.*)$", re.MULTILINE)
 
 
 class NftError(RuntimeError):
@@ -30,13 +25,6 @@ class NftError(RuntimeError):
         self.line_number = line_number
         self.line = line
         self.stderr = stderr
-
-
-class Refusal(NamedTuple):
-    """The first error nft reported: its reason and, if located, the line number."""
-
-    reason: str
-    line_number: int | None
 
 
 def apply_nft(text: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -61,7 +49,9 @@ def nft_ruleset(*, timeout: float = DEFAULT_TIMEOUT) -> str:
     """`nft list ruleset`: every table of the namespace, for dry runs, logs and tests."""
     done = _nft(["list", "ruleset"], timeout=timeout)
     if done.returncode != 0:
-        raise NftError(f"nft list ruleset failed: {_first_line(done.stderr)}", stderr=done.stderr)
+        from istio_iptables.kernel.nft_refusal import first_line
+
+        raise NftError(f"nft list ruleset failed: {first_line(done.stderr)}", stderr=done.stderr)
     return done.stdout
 
 
@@ -89,16 +79,10 @@ def _nft(args: list[str], *, stdin: str | None = None, timeout: float) -> spawn.
         raise NftError(f"{' '.join(argv)} did not finish: {err}") from None
 
 
-def parse_refusal(stderr: str) -> Refusal:
-    """The first located error of nft's stderr, or its first line when none is located."""
-    match = _ERROR_RE.search(stderr)
-    if match is None:
-        return Refusal(_first_line(stderr), None)
-    return Refusal(match.group("reason").strip(), int(match.group("line")))
-
-
 def _refused(text: str, stderr: str, doing: str) -> NftError:
     """An NftError quoting the line of `text` nft refused (nft numbers lines from 1)."""
+    from istio_iptables.kernel.nft_refusal import parse_refusal
+
     refusal = parse_refusal(stderr)
     lines = text.splitlines()
     number = refusal.line_number
@@ -108,8 +92,3 @@ def _refused(text: str, stderr: str, doing: str) -> NftError:
     line = lines[number - 1]
     return NftError(f"nft refused line {number} ({line!r}): {refusal.reason}; nothing was changed",
                     reason=refusal.reason, line_number=number, line=line, stderr=stderr)
-
-
-def _first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else "no error message"

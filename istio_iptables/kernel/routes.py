@@ -16,8 +16,8 @@ as done.  Both report what they changed, so a rollback removes exactly that.
 from __future__ import annotations
 
 import _socket as socket  # the C module, as in netlink.py
+import _struct as struct  # the C module: struct.py only re-exports it (~0.35 M instructions)
 import errno
-import struct
 from collections.abc import Sequence
 
 from istio_iptables.kernel import netlink

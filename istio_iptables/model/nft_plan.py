@@ -44,7 +44,9 @@ DROP = "istio-drop"
 
 COUNTER = "counter"
 # Interface names nft reads as a bare word; anything else (a leading digit, '@') is quoted.
-_BARE_IFACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\*?$")
+# A pattern, compiled by re (and cached) only when an interface is named: compiling it
+# at import cost every native apply ~0.3 M instructions.
+_BARE_IFACE_RE = r"^[A-Za-z_][A-Za-z0-9_.-]*\*?$"
 
 
 class Chain(NamedTuple):
@@ -183,7 +185,7 @@ def iface(name: str) -> str:
     writes them."""
     if name.endswith("+"):
         name = name[:-1] + "*"
-    return name if _BARE_IFACE_RE.match(name) else f'"{name}"'
+    return name if re.match(_BARE_IFACE_RE, name) else f'"{name}"'
 
 
 def build_nft_rules(cfg: CaptureConfig, host: HostFacts) -> list[NftRule]:
