@@ -15,7 +15,7 @@ TEST_BOOTSTRAP = $(BOOTSTRAP) $(if $(filter 1,$(RUN_E2E)),--image)
 bootstrap:          ## host packages and .venv, only what is missing or stale
 	$(BOOTSTRAP)
 
-install:            ## install the tool (console scripts istio-iptables, istio-clean-iptables)
+install:            ## install the tool (console scripts istio-iptables, istio-clean-iptables, istio-iptables-cni)
 	$(PIP) install .
 
 dev:                ## (re)install with test and lint extras, editable
