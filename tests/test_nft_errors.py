@@ -1,11 +1,10 @@
-"""nft_apply's error reporting, without a kernel: nft's stderr in, a clear NftError out."""
+"""kernel/nft's error reporting, without a kernel: nft's stderr in, a clear NftError out."""
 
 from __future__ import annotations
 
 import pytest
 
-from istio_iptables.kernel import nft as nft_apply
-from istio_iptables.kernel import spawn
+from istio_iptables.kernel import nft, spawn
 from istio_iptables.kernel.nft import NftError, apply_nft, cleanup_nft
 from istio_iptables.kernel.nft_refusal import Refusal, parse_refusal
 
@@ -57,9 +56,9 @@ def test_cleanup_deletes_only_our_three_tables_in_one_transaction(monkeypatch: p
 
 
 def test_missing_nft_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nft_apply, "NFT_BINARY", "nft-which-does-not-exist")
+    monkeypatch.setattr(nft, "NFT_BINARY", "nft-which-does-not-exist")
     with pytest.raises(NftError, match="not found on PATH"):
-        nft_apply.nft_ruleset()
+        nft.nft_ruleset()
 
 
 def test_empty_text_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,8 @@
 """Apply a plan inside the pod's network namespace: the entry point of a real run.
 
 Enter the namespace (if asked), read the host facts, build the plan, check that
-named owners exist, then hand over to the iptables mode (iptables_apply.py) or the
-native nftables mode (native.py), and finally run Istio's validation probe if asked.
+named owners exist, then hand over to the iptables mode (apply/iptables.py) or the
+native nftables mode (apply/nftables.py), and finally run Istio's validation probe if asked.
 Every failure becomes one log line and an exit status; nothing escapes as a traceback.
 """
 

@@ -1,4 +1,4 @@
-"""Self-test of the network-namespace harness in tests/netlab.py.
+"""Self-test of the network-namespace harness in istio_iptables/lab/netlab.py.
 
 No istio-iptables code is involved: these tests prove that the lab itself
 routes traffic, records hits, switches identity and reads SO_ORIGINAL_DST, so

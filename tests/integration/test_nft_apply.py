@@ -27,15 +27,15 @@ from ..conftest import REPO
 from .conftest import APP_UID, STANDARD, require_netns
 
 pytestmark = pytest.mark.netns
-# Runs one nft_apply function in the pod namespace; reports the result or the NftError as JSON.
+# Runs one kernel.nft function in the pod namespace; reports the result or the NftError as JSON.
 _RUNNER = """
 import json, sys
-from istio_iptables.kernel import nft as nft_apply
+from istio_iptables.kernel import nft
 request = json.loads(sys.stdin.read())
-function = getattr(nft_apply, request["function"])
+function = getattr(nft, request["function"])
 try:
     result = function(*request["args"])
-except nft_apply.NftError as err:
+except nft.NftError as err:
     print(json.dumps({"error": str(err), "line_number": err.line_number, "line": err.line, "reason": err.reason}))
 else:
     print(json.dumps({"result": result}))
@@ -61,7 +61,7 @@ def standard_config() -> CaptureConfig:
 
 
 def call(lab: NetLab, function: str, *args: str) -> dict[str, object]:
-    """Call `nft_apply.<function>(*args)` inside the pod namespace."""
+    """Call `kernel.nft.<function>(*args)` inside the pod namespace."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     request = json.dumps({"function": function, "args": list(args)})
     done = lab.run("pod", sys.executable, "-c", _RUNNER, input=request, env=env)

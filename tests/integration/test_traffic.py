@@ -1,6 +1,6 @@
 """Where real connections land after the tool applied its rules in a pod namespace.
 
-Each test builds a pod and a peer namespace joined by a veth pair (tests/netlab.py),
+Each test builds a pod and a peer namespace joined by a veth pair (istio_iptables/lab/netlab.py),
 applies the tool with real flags, and proves with TCP/UDP connections which listener
 receives the traffic and what SO_ORIGINAL_DST says.
 """
