@@ -13,8 +13,7 @@ def differences(capture: CaptureConfig, run: RunOptions) -> list[str]:
     both check the ::6 address and TPROXY's policy routing when the plan adds them."""
     from istio_iptables.model.iptables_plan import build_plan
 
-    facts = hostfacts.gather(run.ipv6, capture.dual_stack, capture.redirect_dns and not capture.capture_all_dns,
-                             run.resolv_conf)
+    facts = hostfacts.gather(run.ipv6, capture.dual_stack, capture.needs_nameservers, run.resolv_conf)
     plan = build_plan(capture, facts)
     if run.native_nftables:
         problems = _missing_nft_tables(capture, facts)

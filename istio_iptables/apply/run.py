@@ -27,7 +27,7 @@ def run_apply(capture: CaptureConfig, run: RunOptions) -> int:
     started = time.monotonic()
     if not run.skip_rule_apply or run.cleanup_only or run.run_validation:
         _check_owners_resolve(capture)  # bad input: one line, before anything is logged or touched
-    need_dns = capture.redirect_dns and not capture.capture_all_dns
+    need_dns = capture.needs_nameservers
     # resolv.conf is a file of this mount namespace, not of the network namespace: read
     # (and refused, if it is not a readable regular file) before anything is entered or logged.
     nameservers = hostfacts.read_nameservers(run.resolv_conf) if need_dns else None

@@ -129,7 +129,7 @@ def plan_tables(settings: Settings, request: Request) -> tuple[dict[int, Tables]
         notes.append("no --pod-ip: assuming an IPv4-only pod whose own addresses are unknown, so only loopback "
                      "counts as the pod itself (give --pod-ip; --ipv6 on for IPv6 rules)")
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    if capture.redirect_dns and not capture.capture_all_dns:
+    if capture.needs_nameservers:
         servers = hostfacts.read_nameservers(run.resolv_conf)
     facts = hostfacts.HostFacts(ipv6=ipv6, nameservers_v4=servers[0], nameservers_v6=servers[1])
     if run.native_nftables:

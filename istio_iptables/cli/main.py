@@ -51,8 +51,7 @@ def _dry_run(settings: Settings) -> int:
     from istio_iptables.model.iptables_render import RENDERERS
 
     run = settings.run
-    facts = hostfacts.gather(run.ipv6, settings.capture.dual_stack,
-                             settings.capture.redirect_dns and not settings.capture.capture_all_dns,
+    facts = hostfacts.gather(run.ipv6, settings.capture.dual_stack, settings.capture.needs_nameservers,
                              run.resolv_conf)
     if run.output == "nft" or (run.native_nftables and run.output == "restore"):
         from istio_iptables.model.nft_plan import render_nft

@@ -113,6 +113,11 @@ class CaptureConfig(NamedTuple):
     def tproxy(self) -> bool:
         return self.mode == TPROXY
 
+    @property
+    def needs_nameservers(self) -> bool:
+        """DNS capture limited to resolv.conf's servers (Istio reads the file only then)."""
+        return self.redirect_dns and not self.capture_all_dns
+
 
 class RunOptions(NamedTuple):
     """How to run: everything that does not change which rules are planned."""
