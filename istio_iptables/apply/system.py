@@ -15,28 +15,10 @@ from istio_iptables.model.constants import IPV6_INBOUND_PASSTHROUGH, IPV6_INBOUN
 from istio_iptables.model.iptables_plan import Plan, RouteStep
 
 
-def add_system_steps(plan: Plan, added_routes: list[RouteStep]) -> bool:
-    """The ::6 address and the TPROXY routes; returns whether the address was added
-    (`added_routes` collects the routes as they are added)."""
-    added_address = False
-    if plan.addresses:
-        added_address = netlink.add_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
-    if plan.routes:
-        from istio_iptables.kernel.routes import apply_routes
-
-        try:
-            apply_routes(plan.routes, added_routes)
-        except Exception:
-            if added_address:
-                netlink.delete_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
-            raise
-    return added_address
-
-
 def add_system_steps_undoable(plan: Plan, undo: Undo) -> None:
-    """add_system_steps, with its inverse registered first: it removes exactly the
-    routes and the address this run added."""
-    added_routes: list[RouteStep] = []
+    """The ::6 address and the TPROXY routes, with their inverse registered first: it
+    removes exactly the routes and the address this run added, whichever step fails."""
+    added_routes: list[RouteStep] = []  # filled by apply_routes as each route lands
     added_address = [False]
 
     def inverse() -> bool:
@@ -46,11 +28,16 @@ def add_system_steps_undoable(plan: Plan, undo: Undo) -> None:
         return bool(added_routes) or added_address[0]
 
     undo.add(inverse)
-    added_address[0] = add_system_steps(plan, added_routes)
+    if plan.addresses:
+        added_address[0] = netlink.add_ipv6_address(IPV6_INBOUND_PASSTHROUGH_ADDRESS)
+    if plan.routes:
+        from istio_iptables.kernel.routes import apply_routes
+
+        apply_routes(plan.routes, added_routes)
 
 
 def undo_system_steps(routes: list[RouteStep], address: bool) -> list[str]:
-    """Remove what add_system_steps added; returns the problems (empty: all undone)."""
+    """Remove these routes and (if `address`) ::6; returns the problems (empty: all undone)."""
     problems: list[str] = []
     if routes:
         from istio_iptables.kernel.routes import remove_routes
