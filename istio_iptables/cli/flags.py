@@ -126,7 +126,6 @@ ENV_ONLY = {
 class Settings(NamedTuple):
     capture: CaptureConfig
     run: RunOptions
-    envoy_user: str | None
 
 
 class _Raw:
@@ -254,7 +253,7 @@ def build_settings(given: Mapping[str, Any], env: Mapping[str, str], *, cleanup:
     envoy_user = env.get("ENVOY_USER")
     default_uid = "" if raw["proxy_uid"].strip() else default_proxy_uid(envoy_user)
     run = build_run_options(raw, cleanup)
-    return Settings(capture=build_capture(raw, default_uid), run=run, envoy_user=envoy_user)
+    return Settings(capture=build_capture(raw, default_uid), run=run)
 
 
 def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -19,8 +19,8 @@ from istio_iptables.cli.flags import (
     build_settings,
     help_option,
     normalize_argv,
-    wants_from_pod,
     wants_json_logs,
+    with_pod_flags,
 )
 from istio_iptables.model.config import ConfigError
 
@@ -97,13 +97,9 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
         import importlib
 
         return int(importlib.import_module(SUBCOMMANDS[given[0]]).main(given[1:]))
-    env: Mapping[str, str] | None = None
     as_json = wants_json_logs(given, os.environ)
     try:
-        if wants_from_pod(given):
-            from istio_iptables.inject.frompod import expand_from_pod
-
-            given, env = expand_from_pod(given, os.environ)
+        given, env = with_pod_flags(given, os.environ)
         args = normalize_argv(given)
         make_command(name, cleanup, env).main(args=args, prog_name=name, standalone_mode=False)
     except SystemExit as done:
