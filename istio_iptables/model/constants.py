@@ -42,3 +42,5 @@ ISTIO_IN_REDIRECT = "ISTIO_IN_REDIRECT"
 ISTIO_DROP = "ISTIO_DROP"
 # Sorted, as Istio sorts the table names of a restore file.
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")
+# A 32-bit mark or mask with every bit set: the mask iptables assumes when none is given.
+FULL_MARK_MASK = 0xFFFFFFFF

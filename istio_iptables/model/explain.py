@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
-from istio_iptables.model.constants import ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
+from istio_iptables.model.constants import FULL_MARK_MASK, ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
 from istio_iptables.model.iptables_match import Match, ParsedRule, Tables
 from istio_iptables.model.policy_routing import Check
 
@@ -45,7 +45,6 @@ INBOUND_HOOKS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PRERO
                  ("mangle", "INPUT"), ("filter", "INPUT"), ("nat", "INPUT"))
 # Targets that change nothing the answer depends on and let the walk go on.
 _CONTINUING_TARGETS = frozenset({"LOG", "NFLOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "NFQUEUE-bypass"})
-_FULL_MASK = 0xFFFFFFFF
 
 
 class Connection(NamedTuple):
@@ -184,7 +183,7 @@ def _iface_hits(pattern: str, name: str) -> bool:
 
 def _mark_hits(spec: str, value: int) -> bool:
     want, _, mask = spec.partition("/")
-    return (value & (int(mask, 0) if mask else _FULL_MASK)) == int(want, 0)
+    return (value & (int(mask, 0) if mask else FULL_MARK_MASK)) == int(want, 0)
 
 
 def _owner_hits(spec: str, have: str | None) -> bool | None:
@@ -260,8 +259,8 @@ def _rule_matches(rule: ParsedRule, pkt: _Packet) -> tuple[bool | None, list[str
 
 def _xmark(value: int, spec: str, *, xor: bool = True) -> int:
     want, _, mask_text = spec.partition("/")
-    mask = int(mask_text, 0) if mask_text else _FULL_MASK
-    return (value & ~mask & _FULL_MASK) ^ int(want, 0) if xor else (value & ~mask & _FULL_MASK) | int(want, 0)
+    mask = int(mask_text, 0) if mask_text else FULL_MARK_MASK
+    return (value & ~mask & FULL_MARK_MASK) ^ int(want, 0) if xor else (value & ~mask & FULL_MARK_MASK) | int(want, 0)
 
 
 class _Walker:
@@ -381,9 +380,9 @@ class _Walker:
             nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")) or "0xffffffff", 0)
             ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")) or "0xffffffff", 0)
             if "--save-mark" in opts:
-                pkt.ctmark = (pkt.ctmark & ~ctmask & _FULL_MASK) ^ (pkt.mark & nfmask)
+                pkt.ctmark = (pkt.ctmark & ~ctmask & FULL_MARK_MASK) ^ (pkt.mark & nfmask)
             elif "--restore-mark" in opts:
-                pkt.mark = (pkt.mark & ~nfmask & _FULL_MASK) ^ (pkt.ctmark & ctmask)
+                pkt.mark = (pkt.mark & ~nfmask & FULL_MARK_MASK) ^ (pkt.ctmark & ctmask)
             elif "--set-xmark" in opts:
                 pkt.ctmark = _xmark(pkt.ctmark, opts["--set-xmark"])
             elif "--set-mark" in opts:

@@ -29,6 +29,7 @@ import _socket
 from collections.abc import Callable, Iterable, Sequence
 
 from istio_iptables.model.constants import (
+    FULL_MARK_MASK,
     ISTIO_DIVERT,
     ISTIO_DROP,
     ISTIO_IN_REDIRECT,
@@ -129,7 +130,6 @@ _IMPLICIT_MODULES = frozenset({"tcp", "udp"})  # what -p implies; -save prints t
 _ADDRESS_OPTIONS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d"}
 _BASE_OPTIONS = frozenset({"-s", "-d", "-i", "-o", "-p"})
 _VERDICT_OPTIONS = {"-j": "-j", "--jump": "-j", "-g": "-g", "--goto": "-g"}
-_ALL_ONES = 0xFFFFFFFF
 
 
 def _same(_kind: str, owner: str) -> str:
@@ -186,12 +186,12 @@ def _normal_clause(option: str, args: list[str], family: int, resolve: Resolver)
     if option == "--to-port":
         return ("--to-ports", value)
     if option == "--set-mark":
-        option, value = "--set-xmark", value if "/" in value else f"{value}/{_ALL_ONES}"
+        option, value = "--set-xmark", value if "/" in value else f"{value}/{FULL_MARK_MASK}"
     if option in ("--set-xmark", "--tproxy-mark", "--mark"):
         return (option, _mark(value, keep_full_mask=option != "--mark"))
     if option == "--on-ip" and value in ("0.0.0.0", "::"):
         return None
-    if option in ("--nfmask", "--ctmask") and _int(value) == _ALL_ONES:
+    if option in ("--nfmask", "--ctmask") and _int(value) == FULL_MARK_MASK:
         return None
     if option == "--ctstate":
         return (option, ",".join(sorted(value.split(","))))
@@ -209,10 +209,10 @@ def _mark(text: str, keep_full_mask: bool) -> str:
     """A mark[/mask] as -save prints it: hex, the mask dropped when it is all ones (for -m mark)."""
     value, _, mask = text.partition("/")
     number = _int(value)
-    mask_number = _int(mask) if mask else _ALL_ONES
+    mask_number = _int(mask) if mask else FULL_MARK_MASK
     if number is None or mask_number is None:
         return text
-    if mask_number == _ALL_ONES and not keep_full_mask:
+    if mask_number == FULL_MARK_MASK and not keep_full_mask:
         return hex(number)
     return f"{hex(number)}/{hex(mask_number)}"
 

@@ -19,12 +19,13 @@ going on to the next rule.
 import ipaddress
 from typing import NamedTuple
 
+from istio_iptables.model.constants import FULL_MARK_MASK
+
 # Values of rtnetlink we keep as words (linux/fib_rules.h, linux/rtnetlink.h).
 RT_TABLE_LOCAL = 255
 RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
                7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
-_FULL_MASK = 0xFFFFFFFF
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 
 
@@ -37,7 +38,7 @@ class PolicyRule(NamedTuple):
     action: str  # lookup, goto, nop, blackhole, unreachable, prohibit
     table: int
     fwmark: int | None = None
-    fwmask: int = _FULL_MASK
+    fwmask: int = FULL_MARK_MASK
     src: str = ""
     dst: str = ""
     iif: str = ""
@@ -50,7 +51,7 @@ class PolicyRule(NamedTuple):
         if self.dst:
             parts.append(f"to {self.dst}")
         if self.fwmark is not None:
-            parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask != _FULL_MASK else ""))
+            parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask != FULL_MARK_MASK else ""))
         if self.iif:
             parts.append(f"iif {self.iif}")
         parts.append({"lookup": f"lookup {_table_name(self.table)}", "goto": f"goto {self.goto}"}
