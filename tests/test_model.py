@@ -403,6 +403,59 @@ def test_summary_shows_each_chains_first_and_last_rules_however_they_interleave(
         assert f"{chain} {len(mine):,}" in lines[0]
 
 
+_CHAINS = st.sampled_from([("nat", "OUTPUT"), ("nat", "ISTIO_OUTPUT"), ("nat", "ISTIO_A"), ("mangle", "ISTIO_B")])
+
+
+@st.composite
+def _parts(draw: st.DrawFn) -> list[object]:
+    """Single rules (some -I, some jumping to a chain only jumped to) and runs, interleaved."""
+    from istio_iptables.model.iptables_plan import Rule, RuleRun
+
+    parts: list[object] = []
+    for i in range(draw(st.integers(0, 8))):
+        table, chain = draw(_CHAINS)
+        if draw(st.booleans()):
+            values = tuple(f"10.{i}.{n}.0/24" for n in range(draw(st.integers(0, 40))))
+            after = draw(st.sampled_from([("-j", "RETURN"), ("-j", "ISTIO_JUMPED"), ("-m", "comment")]))
+            parts.append(RuleRun(table, chain, ("-d",), values, after))
+        else:
+            target = draw(st.sampled_from(["RETURN", "ISTIO_JUMPED", "ISTIO_A"]))
+            position = draw(st.sampled_from([None, None, 1, 2]))
+            parts.append(Rule(table, chain, ("-p", "tcp", "--dport", str(i), "-j", target), position))
+    return parts
+
+
+@given(_parts())
+@settings(max_examples=200, deadline=None)
+def test_a_run_renders_exactly_as_its_rules_one_by_one(parts: list[object]) -> None:
+    """Runs are how the planner keeps 10,000 CIDRs cheap; everything derived from a plan
+    must be what the same rules written one by one give."""
+    from istio_iptables.model.iptables_plan import FamilyPlan, RuleRun
+    from istio_iptables.model.iptables_render import summary_text
+
+    plan = FamilyPlan(4, parts)  # type: ignore[arg-type]
+    expanded = FamilyPlan(4, plan.rules)
+    assert not any(isinstance(p, RuleRun) for p in expanded.parts)
+    assert plan.count() == len(expanded.rules) == expanded.count()
+    assert plan == expanded
+    assert plan.tables() == expanded.tables()
+    assert plan.chains() == expanded.chains()
+    assert restore_text(plan) == restore_text(expanded)
+    assert summary_text(plan) == summary_text(expanded)
+
+
+def test_a_big_exclude_list_is_one_run_in_the_plan() -> None:
+    from istio_iptables.model.iptables_plan import RuleRun
+
+    cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(3_000))
+    settings = build_settings({"outbound_cidrs": "10.0.0.0/8,192.168.0.0/16", "inbound_ports": "*",
+                               "outbound_exclude_cidrs": cidrs}, {})
+    plan = build_plan(settings.capture, HostFacts(ipv6=False)).v4
+    runs = [p for p in plan.parts if isinstance(p, RuleRun)]
+    assert [(len(r.values), r.after) for r in runs] == [(3_000, ("-j", "RETURN")), (2, ("-j", "ISTIO_REDIRECT"))]
+    assert len(plan.parts) < 20 and plan.count() == len(plan.rules) > 3_000
+
+
 def test_native_final_log_summary_keeps_counts_hooks_and_both_ends() -> None:
     from istio_iptables.apply.final_log import nft_summary
     from istio_iptables.model.nft_plan import render_nft

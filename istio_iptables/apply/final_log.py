@@ -37,9 +37,10 @@ def log_final_state(binary: rb.Binary, plan: FamilyPlan, action: str, unchanged:
     """The final state of one family: the kernel's -save, or for a large plan that is
     in place, the summary.  `unchanged`: the survey's dump when this run wrote nothing
     to the family (it is still current, so no second -save is needed)."""
-    if action in _PLAN_IN_PLACE and len(plan.rules) > SUMMARY_ABOVE_RULES:
+    count = plan.count()
+    if action in _PLAN_IN_PLACE and count > SUMMARY_ABOVE_RULES:
         log.info("final state (IPv%d): %s rules in place, more than %d, so summarised "
-                 "(`%s` in the pod's namespace lists every rule):\n%s", plan.family, f"{len(plan.rules):,}",
+                 "(`%s` in the pod's namespace lists every rule):\n%s", plan.family, f"{count:,}",
                  SUMMARY_ABOVE_RULES, binary.save, summary_text(plan))
         return
     final = unchanged if unchanged is not None else rb.save(binary)

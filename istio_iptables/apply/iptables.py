@@ -126,7 +126,7 @@ def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
     problems: list[str] = []
     for work in survey(plan, forced, False, quiet=True):
         decide(work, run._replace(cleanup_only=False, reconcile=False, force_apply=False))
-        if work.action == "apply" and work.plan.rules:
+        if work.action == "apply" and work.plan.parts:
             problems.append(f"IPv{work.family}: the capture rules are missing")
         elif work.action == "drift":
             problems.append(f"IPv{work.family}: {work.reason}")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from itertools import groupby
-from operator import itemgetter
 from typing import Any, TypeVar
 
-from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule
+from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule, RuleRun
 
 IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 # The final log prints the kernel's `-save` (as Istio does) up to this many rules in a
@@ -20,7 +19,6 @@ IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 # what a reader of `kubectl logs` looks for.  Istio's realistic profiles stay far below.
 SUMMARY_ABOVE_RULES = 500
 SUMMARY_HEAD, SUMMARY_TAIL = 10, 5  # rules shown at each end of a chain that is summarised
-_TABLE_CHAIN = itemgetter(0, 1)  # Rule -> (table, chain)
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
@@ -33,18 +31,11 @@ def restore_text(family_plan: FamilyPlan) -> str:
     for table in tables:
         lines.append(f"* {table}")
         lines += [f"-N {chain}" for t, chain in chains if t == table]
-        lines += _rule_lines(family_plan.rules, table if len(tables) > 1 else None)
+        lines += [part.lines() if isinstance(part, RuleRun) else _rule_line(part)
+                  for part in family_plan.parts if part.table == table]
         lines.append("COMMIT")
     lines.append("")
     return "\n".join(lines)
-
-
-def _rule_lines(rules: tuple[Rule, ...], table: str | None) -> list[str]:
-    """The lines of one table's rules (all of them when `table` is None): one
-    comprehension with the line built inline, because with 10,000 -x CIDRs a function
-    call per rule and a filter pass per table were a third of the Python time of an apply."""
-    return [f"-A {c} {' '.join(p)}" if n is None else f"-I {c} {n} {' '.join(p)}"
-            for t, c, p, n in rules if table is None or t == table]
 
 
 def _rule_line(rule: Rule) -> str:
@@ -54,31 +45,57 @@ def _rule_line(rule: Rule) -> str:
     return f"-I {rule.chain} {rule.position} {' '.join(rule.params)}"
 
 
+def _part_lines(part: Rule | RuleRun, values: slice = slice(None)) -> list[str]:
+    """The lines of one rule, or of `values` (a slice) of a run."""
+    if isinstance(part, RuleRun):
+        return part.lines(part.values[values]).split("\n") if part.values[values] else []
+    return [_rule_line(part)][values]
+
+
 def summary_text(family_plan: FamilyPlan) -> str:
     """A large family's rules for the final log: per table, each chain with its rule
     count, then the rules chain by chain (hooks in built-in chains first, as a save
     lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
-    and last few around one line that says how many are left out."""
-    rules = family_plan.rules
-    # Runs of consecutive rules of one chain: a 10,000-CIDR plan has about ten.
-    runs = runs_by_key(map(_TABLE_CHAIN, rules))
-    counts = {key: sum(end - start for start, end in spans) for key, spans in runs.items()}
+    and last few around one line that says how many are left out.  Works on the plan's
+    parts: a run of 10,000 rules is sliced, never expanded."""
+    by_chain: dict[tuple[str, str], list[Rule | RuleRun]] = {}
+    for part in family_plan.parts:
+        by_chain.setdefault((part.table, part.chain), []).append(part)
+    counts = {key: sum(len(p.values) if isinstance(p, RuleRun) else 1 for p in parts)
+              for key, parts in by_chain.items()}
     shown = SUMMARY_HEAD + SUMMARY_TAIL
-    heads = {key: first_of_runs(rules, spans, shown) for key, spans in runs.items()}
-    tails = {key: last_of_runs(rules, spans, SUMMARY_TAIL) for key, spans in runs.items() if counts[key] > shown}
     lines: list[str] = []
     for table in family_plan.tables():
         in_table = [key for key in counts if key[0] == table]
         in_table.sort(key=lambda k: k[1] not in BUILTIN_CHAINS_AND_VERDICTS)  # hooks first, else as planned
         lines.append(f"*{table}  (rules per chain: {', '.join(f'{c} {counts[t, c]:,}' for t, c in in_table)})")
         for key in in_table:
+            parts = by_chain[key]
             if counts[key] <= shown:
-                lines += [_rule_line(r) for r in heads[key]]
+                lines += [line for part in parts for line in _part_lines(part)]
                 continue
-            lines += [_rule_line(r) for r in heads[key][:SUMMARY_HEAD]]
+            lines += _first_lines(parts, SUMMARY_HEAD)
             lines.append(f"# ... {counts[key] - shown:,} more rules of {key[1]} ...")
-            lines += [_rule_line(r) for r in tails[key]]
+            lines += _last_lines(parts, SUMMARY_TAIL)
     return "\n".join(lines)
+
+
+def _first_lines(parts: list[Rule | RuleRun], count: int) -> list[str]:
+    found: list[str] = []
+    for part in parts:
+        found += _part_lines(part, slice(count - len(found)))
+        if len(found) == count:
+            break
+    return found
+
+
+def _last_lines(parts: list[Rule | RuleRun], count: int) -> list[str]:
+    found: list[str] = []
+    for part in reversed(parts):
+        found[:0] = _part_lines(part, slice(len(found) - count, None))
+        if len(found) == count:
+            break
+    return found
 
 
 def runs_by_key(keys: Iterable[K]) -> dict[K, list[tuple[int, int]]]:
