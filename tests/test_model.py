@@ -444,6 +444,38 @@ def test_a_run_renders_exactly_as_its_rules_one_by_one(parts: list[object]) -> N
     assert summary_text(plan) == summary_text(expanded)
 
 
+@st.composite
+def _nft_parts(draw: st.DrawFn) -> list[object]:
+    from istio_iptables.model.nft_plan import NAT, OUTPUT_CHAIN, PREROUTING, RAW, NftRule, NftRun
+
+    parts: list[object] = []
+    for i in range(draw(st.integers(0, 8))):
+        table, chain = draw(st.sampled_from([(NAT, OUTPUT_CHAIN), (NAT, PREROUTING), (RAW, "istio-inbound")]))
+        if draw(st.booleans()):
+            values = tuple(f"10.{i}.{n}.0/24" for n in range(draw(st.integers(0, 40))))
+            parts.append(NftRun(table, chain, "ip daddr", values, draw(st.sampled_from(
+                ["counter return", "counter jump istio-redirect"]))))
+        else:
+            parts.append(NftRule(table, chain, f"tcp dport {i} counter return", draw(st.sampled_from([None, 0, 2]))))
+    return parts
+
+
+@given(_nft_parts())
+@settings(max_examples=200, deadline=None)
+def test_an_nft_run_renders_exactly_as_its_rules_one_by_one(parts: list[object]) -> None:
+    from istio_iptables.model.nft_plan import NftRule, NftRun, nft_summary, render_parts, rule_count
+
+    expanded: list[NftRule] = []
+    for part in parts:
+        if isinstance(part, NftRun):
+            expanded += [NftRule(part.table, part.chain, f"{part.before} {v} {part.after}") for v in part.values]
+        else:
+            expanded.append(part)  # type: ignore[arg-type]
+    assert rule_count(parts) == rule_count(expanded) == len(expanded)  # type: ignore[arg-type]
+    assert render_parts(parts) == render_parts(expanded)  # type: ignore[arg-type]
+    assert nft_summary(parts) == nft_summary(expanded)  # type: ignore[arg-type]
+
+
 def test_a_big_exclude_list_is_one_run_in_the_plan() -> None:
     from istio_iptables.model.iptables_plan import RuleRun
 
@@ -457,14 +489,13 @@ def test_a_big_exclude_list_is_one_run_in_the_plan() -> None:
 
 
 def test_native_final_log_summary_keeps_counts_hooks_and_both_ends() -> None:
-    from istio_iptables.apply.final_log import nft_summary
-    from istio_iptables.model.nft_plan import render_nft
+    from istio_iptables.model.nft_plan import build_nft_rules, nft_summary, render_parts
 
     cidrs = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(2_000))
     settings = build_settings({"outbound_cidrs": "*", "inbound_ports": "*", "outbound_exclude_cidrs": cidrs}, {})
-    rules = [ln for ln in render_nft(settings.capture, HostFacts(ipv6=False)).splitlines()
-             if ln.startswith("add rule ")]
-    lines = nft_summary(rules).splitlines()
+    parts = build_nft_rules(settings.capture, HostFacts(ipv6=False))
+    rules = [ln for ln in render_parts(parts).splitlines() if ln.startswith("add rule ")]
+    lines = nft_summary(parts).splitlines()
     assert len(lines) < 40
     assert lines[0].startswith("inet istio-proxy-nat  (rules per chain:") and "istio-output 2,0" in lines[0]
     assert "add rule inet istio-proxy-nat prerouting meta l4proto tcp counter jump istio-inbound" in lines

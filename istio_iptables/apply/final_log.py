@@ -15,19 +15,15 @@ its one `nft -f` transaction wrote.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from istio_iptables import logs as log
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.model.iptables_plan import FamilyPlan
-from istio_iptables.model.iptables_render import (
-    SUMMARY_ABOVE_RULES,
-    SUMMARY_HEAD,
-    SUMMARY_TAIL,
-    first_of_runs,
-    last_of_runs,
-    runs_by_key,
-    summary_text,
-)
+
+if TYPE_CHECKING:  # the nft model is imported by the native mode only
+    from istio_iptables.model.nft_plan import NftPart
+from istio_iptables.model.iptables_render import SUMMARY_ABOVE_RULES, summary_text
 
 # Outcomes after which the planned rules are exactly what is in place.
 _PLAN_IN_PLACE = ("apply", "replace", "in-sync")
@@ -47,34 +43,16 @@ def log_final_state(binary: rb.Binary, plan: FamilyPlan, action: str, unchanged:
     log.info("final %s state (IPv%d):\n%s", binary.save, plan.family, final.rstrip())
 
 
-def log_final_nft(written: str, ruleset: Callable[[], str]) -> None:
+def log_final_nft(written: list[NftPart], ruleset: Callable[[], str]) -> None:
     """The final state in native nftables mode: `nft list ruleset` (`ruleset`), or for
-    more than SUMMARY_ABOVE_RULES rules, the summary of `written` (the `nft -f` input,
-    which the kernel committed as one transaction)."""
-    rules = [line for line in written.splitlines() if line.startswith("add rule ")]
-    if len(rules) <= SUMMARY_ABOVE_RULES:
+    more than SUMMARY_ABOVE_RULES rules, the summary of the planned rules `written` by
+    the `nft -f` transaction (which the kernel committed as a whole)."""
+    from istio_iptables.model.nft_plan import nft_summary, rule_count
+
+    count = rule_count(written)
+    if count <= SUMMARY_ABOVE_RULES:
         log.info("final nft ruleset:\n%s", ruleset().rstrip())
         return
     log.info("final nftables state: %s rules written by one `nft -f` transaction, more than %d, so summarised "
-             "(`nft list ruleset` in the pod's namespace lists every rule):\n%s", f"{len(rules):,}",
-             SUMMARY_ABOVE_RULES, nft_summary(rules))
-
-
-def nft_summary(rules: list[str]) -> str:
-    """`add rule inet TABLE CHAIN ...` lines, per table the rule count per chain, then
-    each chain's rules: all up to SUMMARY_HEAD + SUMMARY_TAIL, else the first and last."""
-    runs = runs_by_key(tuple(line.split(" ", 5)[2:5]) for line in rules)
-    shown = SUMMARY_HEAD + SUMMARY_TAIL
-    out: list[str] = []
-    for table in dict.fromkeys(key[:2] for key in runs):
-        chains = [key for key in runs if key[:2] == table]
-        counts = {key: sum(end - start for start, end in runs[key]) for key in chains}
-        out.append(f"{' '.join(table)}  (rules per chain: {', '.join(f'{k[2]} {n:,}' for k, n in counts.items())})")
-        for key in chains:
-            if counts[key] <= shown:
-                out += first_of_runs(rules, runs[key], shown)
-                continue
-            out += first_of_runs(rules, runs[key], SUMMARY_HEAD)
-            out.append(f"# ... {counts[key] - shown:,} more rules of {key[2]} ...")
-            out += last_of_runs(rules, runs[key], SUMMARY_TAIL)
-    return "\n".join(out)
+             "(`nft list ruleset` in the pod's namespace lists every rule):\n%s", f"{count:,}",
+             SUMMARY_ABOVE_RULES, nft_summary(written))

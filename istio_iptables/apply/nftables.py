@@ -17,7 +17,7 @@ from istio_iptables.kernel.nft import apply_nft, cleanup_nft, istio_tables_text,
 from istio_iptables.model.config import CaptureConfig, RunOptions
 from istio_iptables.model.hostfacts import HostFacts
 from istio_iptables.model.iptables_plan import Plan
-from istio_iptables.model.nft_plan import TABLES, cleanup_text, render_nft
+from istio_iptables.model.nft_plan import TABLES, build_nft_rules, cleanup_text, render_parts
 
 
 def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: HostFacts) -> None:
@@ -46,8 +46,8 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             return
         before = istio_tables_text()
         undo.add(lambda: _put_back(before))
-        written = render_nft(capture, facts)
-        apply_nft(cleanup_text() + written)
+        written = build_nft_rules(capture, facts)
+        apply_nft(cleanup_text() + render_parts(written))
         log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
         if plan.system_steps():  # none in the usual pod (REDIRECT, no ::6): apply/system.py unimported, ~0.4 M
             from istio_iptables.apply.system import add_system_steps_undoable

@@ -6,9 +6,8 @@ The restore text is byte-for-byte what Istio feeds `iptables-restore --noflush`
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
-from itertools import groupby
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule, RuleRun
 
@@ -19,8 +18,6 @@ IPTABLES_BY_FAMILY = {4: "iptables", 6: "ip6tables"}
 # what a reader of `kubectl logs` looks for.  Istio's realistic profiles stay far below.
 SUMMARY_ABOVE_RULES = 500
 SUMMARY_HEAD, SUMMARY_TAIL = 10, 5  # rules shown at each end of a chain that is summarised
-T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
 
 
 def restore_text(family_plan: FamilyPlan) -> str:
@@ -45,89 +42,61 @@ def _rule_line(rule: Rule) -> str:
     return f"-I {rule.chain} {rule.position} {' '.join(rule.params)}"
 
 
-def _part_lines(part: Rule | RuleRun, values: slice = slice(None)) -> list[str]:
-    """The lines of one rule, or of `values` (a slice) of a run."""
-    if isinstance(part, RuleRun):
-        return part.lines(part.values[values]).split("\n") if part.values[values] else []
-    return [_rule_line(part)][values]
+# One rule or one run of a chain, for chain_summary: (how many rules, their lines for a
+# slice of them).  A run's lines come from one join over the slice: never expanded.
+Piece = tuple[int, Callable[[slice], list[str]]]
 
 
 def summary_text(family_plan: FamilyPlan) -> str:
     """A large family's rules for the final log: per table, each chain with its rule
     count, then the rules chain by chain (hooks in built-in chains first, as a save
-    lists them), all of a chain up to SUMMARY_HEAD + SUMMARY_TAIL rules, else its first
-    and last few around one line that says how many are left out.  Works on the plan's
-    parts: a run of 10,000 rules is sliced, never expanded."""
-    by_chain: dict[tuple[str, str], list[Rule | RuleRun]] = {}
+    lists them), each as chain_summary shows it."""
+    pieces: dict[tuple[str, str], list[Piece]] = {}
     for part in family_plan.parts:
-        by_chain.setdefault((part.table, part.chain), []).append(part)
-    counts = {key: sum(len(p.values) if isinstance(p, RuleRun) else 1 for p in parts)
-              for key, parts in by_chain.items()}
-    shown = SUMMARY_HEAD + SUMMARY_TAIL
+        piece = run_piece(part.values, part.lines) if isinstance(part, RuleRun) else rule_piece(_rule_line(part))
+        pieces.setdefault((part.table, part.chain), []).append(piece)
+    counts = {key: sum(n for n, _ in chain) for key, chain in pieces.items()}
     lines: list[str] = []
     for table in family_plan.tables():
         in_table = [key for key in counts if key[0] == table]
         in_table.sort(key=lambda k: k[1] not in BUILTIN_CHAINS_AND_VERDICTS)  # hooks first, else as planned
         lines.append(f"*{table}  (rules per chain: {', '.join(f'{c} {counts[t, c]:,}' for t, c in in_table)})")
         for key in in_table:
-            parts = by_chain[key]
-            if counts[key] <= shown:
-                lines += [line for part in parts for line in _part_lines(part)]
-                continue
-            lines += _first_lines(parts, SUMMARY_HEAD)
-            lines.append(f"# ... {counts[key] - shown:,} more rules of {key[1]} ...")
-            lines += _last_lines(parts, SUMMARY_TAIL)
+            lines += chain_summary(pieces[key], key[1])
     return "\n".join(lines)
 
 
-def _first_lines(parts: list[Rule | RuleRun], count: int) -> list[str]:
-    found: list[str] = []
-    for part in parts:
-        found += _part_lines(part, slice(count - len(found)))
-        if len(found) == count:
+def rule_piece(line: str) -> Piece:
+    return 1, [line].__getitem__
+
+
+def run_piece(values: Sequence[str], lines_of: Callable[[Sequence[str]], str]) -> Piece:
+    def lines(which: slice) -> list[str]:
+        chosen = values[which]
+        return lines_of(chosen).split("\n") if chosen else []
+
+    return len(values), lines
+
+
+def chain_summary(pieces: list[Piece], chain: str) -> list[str]:
+    """A chain's lines for the final log (iptables and native nftables alike): all of
+    them up to SUMMARY_HEAD + SUMMARY_TAIL rules, else the first and last few around
+    one line that says how many are left out."""
+    total = sum(n for n, _ in pieces)
+    shown = SUMMARY_HEAD + SUMMARY_TAIL
+    if total <= shown:
+        return [line for _, lines in pieces for line in lines(slice(None))]
+    head: list[str] = []
+    for _, lines in pieces:
+        head += lines(slice(SUMMARY_HEAD - len(head)))
+        if len(head) == SUMMARY_HEAD:
             break
-    return found
-
-
-def _last_lines(parts: list[Rule | RuleRun], count: int) -> list[str]:
-    found: list[str] = []
-    for part in reversed(parts):
-        found[:0] = _part_lines(part, slice(len(found) - count, None))
-        if len(found) == count:
+    tail: list[str] = []
+    for _, lines in reversed(pieces):
+        tail[:0] = lines(slice(len(tail) - SUMMARY_TAIL, None))
+        if len(tail) == SUMMARY_TAIL:
             break
-    return found
-
-
-def runs_by_key(keys: Iterable[K]) -> dict[K, list[tuple[int, int]]]:
-    """Where each key's runs of consecutive items lie: key -> [(start, end), ...] in
-    order.  groupby compares neighbours in C, so there is no Python step per item."""
-    runs: dict[K, list[tuple[int, int]]] = {}
-    at = 0
-    for key, run in groupby(keys):
-        length = len(list(run))
-        runs.setdefault(key, []).append((at, at + length))
-        at += length
-    return runs
-
-
-def first_of_runs(rules: Sequence[T], spans: list[tuple[int, int]], count: int) -> list[T]:
-    """The first `count` items of a chain, from its runs (start, end) in plan order."""
-    found: list[T] = []
-    for start, end in spans:
-        found += rules[start:min(end, start + count - len(found))]
-        if len(found) == count:
-            break
-    return found
-
-
-def last_of_runs(rules: Sequence[T], spans: list[tuple[int, int]], count: int) -> list[T]:
-    """The last `count` items of a chain, in plan order."""
-    found: list[T] = []
-    for start, end in reversed(spans):
-        found[:0] = rules[max(start, end - count + len(found)):end]
-        if len(found) == count:
-            break
-    return found
+    return [*head, f"# ... {total - shown:,} more rules of {chain} ...", *tail]
 
 
 def render_restore(plan: Plan) -> str:

@@ -12,6 +12,7 @@ iptables, evaluates rules in order, and Istio's golden files pin that order down
 """
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
@@ -103,12 +104,48 @@ class NftRule(NamedTuple):
         return None
 
 
+class NftRun(NamedTuple):
+    """Rules alike but for one word, one per value, in order: `add rule ... before value
+    after` (the -x and -i CIDRs).  As iptables_plan.RuleRun: 10,000 CIDRs are rendered
+    and summarised by joins and slices, with no Python step per rule."""
+
+    table: str
+    chain: str
+    before: str
+    values: tuple[str, ...]
+    after: str
+
+    @property
+    def jump_target(self) -> str | None:
+        words = self.after.split()
+        if len(words) >= 2 and words[-2] == "jump":
+            return words[-1]
+        return None
+
+    def lines(self, values: Sequence[str] | None = None) -> str:
+        """The `add rule` lines of `values` (default: all), newline-separated."""
+        values = self.values if values is None else values
+        if not values:
+            return ""
+        start = f"add rule {FAMILY} {self.table} {self.chain} {self.before} "
+        end = f" {self.after}"
+        return start + (end + "\n" + start).join(values) + end
+
+
+NftPart = NftRule | NftRun
+
+
 class _Rules:
     """Accumulates rules in Istio's order; `*6` variants only when the pod has IPv6."""
 
     def __init__(self, ipv6: bool) -> None:
         self.ipv6 = ipv6
-        self.rules: list[NftRule] = []
+        self.rules: list[NftPart] = []
+
+    def run(self, table: str, chain: str, before: str, values: tuple[str, ...], after: str, v6: bool = False) -> None:
+        """One rule per value (lists of CIDRs run to thousands); `v6`: only with IPv6."""
+        if values and (self.ipv6 or not v6):
+            self.rules.append(NftRun(table, chain, before, values, after))
 
     def add(self, table: str, chain: str, *parts: str) -> None:
         self.rules.append(NftRule(table, chain, " ".join(parts)))
@@ -127,11 +164,49 @@ class _Rules:
 
 def render_nft(cfg: CaptureConfig, host: HostFacts) -> str:
     """The `nft -f` input Istio's native nftables mode writes for `cfg` on this host."""
-    rules = build_nft_rules(cfg, host)
+    return render_parts(build_nft_rules(cfg, host))
+
+
+def render_parts(parts: list[NftPart]) -> str:
+    """The `nft -f` input for planned rules: per table in Istio's order, its header,
+    chains and rules."""
+    parts = _nonempty(parts)
+    texts = _part_texts(parts)
     lines: list[str] = []
     for table in TABLES:
-        lines += _table_lines(table, [r for r in rules if r.table == table])
+        held = [i for i, part in enumerate(parts) if part.table == table]
+        if not held:  # nothing at all for a table without rules: a REDIRECT-only pod has no mangle or raw
+            continue
+        lines += [f"add table {FAMILY} {table}", f"flush table {FAMILY} {table}"]
+        lines += [chain.declaration(table) for chain in _chains_needed(table, [parts[i] for i in held])]
+        lines += [texts[i] for i in held]
     return "".join(line + "\n" for line in lines)
+
+
+def rule_count(parts: list[NftPart]) -> int:
+    return sum(len(p.values) if isinstance(p, NftRun) else 1 for p in parts)
+
+
+def nft_summary(parts: list[NftPart]) -> str:
+    """The written rules for the final log: per table, the rule count per chain, then
+    each chain as iptables_render.chain_summary shows it (a run is sliced, not expanded)."""
+    from istio_iptables.model.iptables_render import Piece, chain_summary, rule_piece, run_piece
+
+    parts = _nonempty(parts)
+    pieces: dict[tuple[str, str], list[Piece]] = {}
+    for part, text in zip(parts, _part_texts(parts), strict=True):
+        piece = run_piece(part.values, part.lines) if isinstance(part, NftRun) else rule_piece(text)
+        pieces.setdefault((part.table, part.chain), []).append(piece)
+    out: list[str] = []
+    for table in TABLES:
+        chains = [chain for t, chain in pieces if t == table]
+        if not chains:
+            continue
+        counts = {chain: sum(n for n, _ in pieces[table, chain]) for chain in chains}
+        out.append(f"{FAMILY} {table}  (rules per chain: {', '.join(f'{c} {n:,}' for c, n in counts.items())})")
+        for chain in chains:
+            out += chain_summary(pieces[table, chain], chain)
+    return "\n".join(out)
 
 
 def cleanup_text(tables: tuple[str, ...] = TABLES) -> str:
@@ -143,18 +218,7 @@ def cleanup_text(tables: tuple[str, ...] = TABLES) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _table_lines(table: str, rules: list[NftRule]) -> list[str]:
-    """One table's part of the transaction; nothing at all for a table without rules,
-    so a REDIRECT-only pod never gets mangle or raw tables."""
-    if not rules:
-        return []
-    lines = [f"add table {FAMILY} {table}", f"flush table {FAMILY} {table}"]
-    lines += [chain.declaration(table) for chain in _chains_needed(table, rules)]
-    lines += _rule_lines(rules)
-    return lines
-
-
-def _chains_needed(table: str, rules: list[NftRule]) -> list[Chain]:
+def _chains_needed(table: str, rules: list[NftPart]) -> list[Chain]:
     """Chains holding rules, in Istio's declaration order.  A chain that is only jumped
     to is declared too (empty): Istio omits it, and nft then refuses the whole
     transaction; this can only happen with IPv6 off and IPv6-only nameservers."""
@@ -162,20 +226,31 @@ def _chains_needed(table: str, rules: list[NftRule]) -> list[Chain]:
     return [chain for chain in TABLE_CHAINS[table] if chain.name in used]
 
 
-def _rule_lines(rules: list[NftRule]) -> list[str]:
-    """`add rule` / `insert rule` lines.  nft cannot insert into an empty chain, nor at
-    an index past the chain's end, so such inserts become appends, as Istio does."""
-    count: dict[str, int] = {}
-    lines: list[str] = []
-    for rule in rules:
-        held = count.get(rule.chain, 0)
-        where = f"{FAMILY} {rule.table} {rule.chain}"
-        if rule.position is None or held == 0 or rule.position >= held:
-            lines.append(f"add rule {where} {rule.expr}")
+def _nonempty(parts: list[NftPart]) -> list[NftPart]:
+    """Without empty runs: they hold no rule, so they must not make a table appear."""
+    return [p for p in parts if not isinstance(p, NftRun) or p.values]
+
+
+def _part_texts(parts: list[NftPart]) -> list[str]:
+    """Each part's `add rule` / `insert rule` line (a run: its lines).  nft cannot insert
+    into an empty chain, nor at an index past the chain's end, so such inserts become
+    appends, as Istio does."""
+    count: dict[tuple[str, str], int] = {}
+    texts: list[str] = []
+    for part in parts:
+        key = (part.table, part.chain)
+        held = count.get(key, 0)
+        if isinstance(part, NftRun):
+            texts.append(part.lines())
+            count[key] = held + len(part.values)
+            continue
+        where = f"{FAMILY} {part.table} {part.chain}"
+        if part.position is None or held == 0 or part.position >= held:
+            texts.append(f"add rule {where} {part.expr}")
         else:
-            lines.append(f"insert rule {where} index {rule.position} {rule.expr}")
-        count[rule.chain] = held + 1
-    return lines
+            texts.append(f"insert rule {where} index {part.position} {part.expr}")
+        count[key] = held + 1
+    return texts
 
 
 def iface(name: str) -> str:
@@ -188,7 +263,7 @@ def iface(name: str) -> str:
     return name if re.match(_BARE_IFACE_RE, name) else f'"{name}"'
 
 
-def build_nft_rules(cfg: CaptureConfig, host: HostFacts) -> list[NftRule]:
+def build_nft_rules(cfg: CaptureConfig, host: HostFacts) -> list[NftPart]:
     """Every rule of all three tables, in the order Istio adds them."""
     r = _Rules(host.ipv6)
     redirect_dns = cfg.redirect_dns and (
@@ -217,10 +292,8 @@ def build_nft_rules(cfg: CaptureConfig, host: HostFacts) -> list[NftRule]:
         _dns(r, cfg, host)
     r.add(NAT, OUTPUT_CHAIN, "ip daddr", cfg.ipv4_loopback_cidr, COUNTER, "return")
     r.add6(NAT, OUTPUT_CHAIN, "ip6 daddr", IPV6_LOOPBACK, COUNTER, "return")
-    for cidr in cfg.outbound_exclude_cidrs.v4:
-        r.add(NAT, OUTPUT_CHAIN, "ip daddr", cidr, COUNTER, "return")
-    for cidr in cfg.outbound_exclude_cidrs.v6:
-        r.add6(NAT, OUTPUT_CHAIN, "ip6 daddr", cidr, COUNTER, "return")
+    r.run(NAT, OUTPUT_CHAIN, "ip daddr", cfg.outbound_exclude_cidrs.v4, f"{COUNTER} return")
+    r.run(NAT, OUTPUT_CHAIN, "ip6 daddr", cfg.outbound_exclude_cidrs.v6, f"{COUNTER} return", v6=True)
     for port in cfg.outbound_ports:
         r.add(NAT, OUTPUT_CHAIN, "tcp dport", str(port), COUNTER, "jump", REDIRECT)
     _outbound_include(r, cfg)
@@ -356,6 +429,10 @@ def _outbound_include(r: _Rules, cfg: CaptureConfig) -> None:
         r.add(NAT, OUTPUT_CHAIN, COUNTER, "jump", REDIRECT)
         for name in cfg.kube_virt_interfaces:
             r.insert(NAT, PREROUTING, 0, "iifname", iface(name), COUNTER, "jump", REDIRECT)
+        return
+    if not cfg.kube_virt_interfaces:  # one rule per CIDR, nothing between them
+        r.run(NAT, OUTPUT_CHAIN, "ip daddr", cidrs.v4, f"{COUNTER} jump {REDIRECT}")
+        r.run(NAT, OUTPUT_CHAIN, "ip6 daddr", cidrs.v6, f"{COUNTER} jump {REDIRECT}", v6=True)
         return
     for cidr in cidrs.v4:
         for name in cfg.kube_virt_interfaces:
