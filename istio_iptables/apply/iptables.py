@@ -105,7 +105,10 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None
     for work in works:
-        log_final_state(work.binary, work.plan, work.action, None if work.text else work.before)
+        # A family that held no rules before holds exactly what this run wrote.
+        fresh = work.action == "apply" and not work.current.has_rules()
+        log_final_state(work.binary, work.plan, work.action, None if work.text else work.before,
+                        work.text if fresh else None)
 
 
 def _native_tables() -> list[str]:

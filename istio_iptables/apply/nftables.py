@@ -46,8 +46,12 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             return
         before = istio_tables_text()
         undo.add(lambda: _put_back(before))
+        # Nothing in nf_tables yet (a fresh pod): what nft commits is then all there is,
+        # and the final log needs no `nft list ruleset` (see apply/final_log.py).
+        fresh = not works and netlink.nft_tables(netlink.NFPROTO_ANY) == []
         written = build_nft_rules(capture, facts)
-        apply_nft(cleanup_text() + render_parts(written))
+        text = render_parts(written)
+        apply_nft(cleanup_text() + text)
         log.info("nft: applied tables %s via nft -f", ", ".join(f"inet {t}" for t in TABLES))
         if plan.system_steps():  # none in the usual pod (REDIRECT, no ::6): apply/system.py unimported, ~0.4 M
             from istio_iptables.apply.system import add_system_steps_undoable
@@ -55,7 +59,7 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
             add_system_steps_undoable(plan, undo)
     except Exception as err:
         raise ApplyError(f"{err}; {undo.run()}") from None
-    log_final_nft(written, nft_ruleset)
+    log_final_nft(written, text, None if fresh else nft_ruleset)
 
 
 def native_tables() -> list[str]:

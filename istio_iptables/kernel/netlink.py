@@ -178,6 +178,7 @@ NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_NAME = 3
 NFPROTO = {4: 2, 6: 10}
 NFPROTO_INET = 1
+NFPROTO_ANY = 0  # NFPROTO_UNSPEC: a dump of every family's tables
 
 
 def _nft_dump(nfproto: int, get: int, new: int, keys: tuple[int, ...]) -> list[tuple[str, ...]] | None:
