@@ -35,6 +35,10 @@ BUILTIN_CHAINS_AND_VERDICTS = frozenset(
 _new_tuple = tuple.__new__
 
 
+def _jump_target(words: tuple[str, ...]) -> str | None:
+    return words[-1] if len(words) >= 2 and words[-2] == "-j" else None
+
+
 class Rule(NamedTuple):
     """One iptables rule: `-A chain params` or, with a position, `-I chain position params`."""
 
@@ -53,9 +57,7 @@ class Rule(NamedTuple):
     @property
     def jump_target(self) -> str | None:
         """The chain this rule jumps to when -j is its last option (as Istio reads it)."""
-        if len(self.params) >= 2 and self.params[-2] == "-j":
-            return self.params[-1]
-        return None
+        return _jump_target(self.params)
 
 
 class RuleRun(NamedTuple):
@@ -75,9 +77,7 @@ class RuleRun(NamedTuple):
     @property
     def jump_target(self) -> str | None:
         """As Rule.jump_target: the chain jumped to when -j ends the rule."""
-        if len(self.after) >= 2 and self.after[-2] == "-j":
-            return self.after[-1]
-        return None
+        return _jump_target(self.after)
 
     def rules(self, values: Iterable[str] | None = None) -> list[Rule]:
         """The rules of this run (or of `values`, a slice of its values)."""

@@ -87,6 +87,12 @@ TABLE_CHAINS: dict[str, tuple[Chain, ...]] = {
 }
 
 
+def _jump_target(expr: str) -> str | None:
+    """The chain a rule's text jumps to, when it ends with `jump CHAIN`."""
+    words = expr.split()
+    return words[-1] if len(words) >= 2 and words[-2] == "jump" else None
+
+
 class NftRule(NamedTuple):
     """One rule: appended, or inserted at a 0-based `position` (iptables' -I 1 is nft's index 0)."""
 
@@ -98,10 +104,7 @@ class NftRule(NamedTuple):
     @property
     def jump_target(self) -> str | None:
         """The chain this rule jumps to, when its verdict is a jump."""
-        words = self.expr.split()
-        if len(words) >= 2 and words[-2] == "jump":
-            return words[-1]
-        return None
+        return _jump_target(self.expr)
 
 
 class NftRun(NamedTuple):
@@ -117,10 +120,7 @@ class NftRun(NamedTuple):
 
     @property
     def jump_target(self) -> str | None:
-        words = self.after.split()
-        if len(words) >= 2 and words[-2] == "jump":
-            return words[-1]
-        return None
+        return _jump_target(self.after)
 
     def lines(self, values: Sequence[str] | None = None) -> str:
         """The `add rule` lines of `values` (default: all), newline-separated."""
