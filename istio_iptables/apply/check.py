@@ -35,12 +35,11 @@ def differences(capture: CaptureConfig, run: RunOptions) -> list[str]:
 
 
 def _missing_nft_tables(capture: CaptureConfig, facts: hostfacts.HostFacts) -> list[str]:
-    from istio_iptables.kernel.nft import istio_tables_text
-    from istio_iptables.model.nft_plan import render_nft
+    """Istio's native tables the plan writes that this namespace lacks (one netlink dump)."""
+    from istio_iptables.apply.nftables import native_tables
+    from istio_iptables.kernel import netlink
+    from istio_iptables.model.nft_plan import build_nft_rules
 
-    def tables(text: str) -> set[str]:  # `add table inet X` (the plan) or `table inet X {` (nft list)
-        return {line.split()[-1].rstrip("{").strip() if line.startswith("add ") else line.split()[2]
-                for line in text.splitlines() if line.startswith(("table inet ", "add table inet "))}
-
-    missing = tables(render_nft(capture, facts)) - tables(istio_tables_text())
+    planned = {part.table for part in build_nft_rules(capture, facts)}
+    missing = planned - set(native_tables(netlink.nft_tables(netlink.NFPROTO_INET)))
     return [f"nftables table inet {name} is missing" for name in sorted(missing)]

@@ -32,11 +32,13 @@ class FamilyWork:
     plan, and the decision."""
 
     def __init__(self, binary: rb.Binary, before: str, plan: FamilyPlan, resolve: state.Resolver,
-                 parsed: state.IptablesState | None = None) -> None:
+                 parsed: state.IptablesState | None = None,
+                 others: dict[str, state.IptablesState] | None = None) -> None:
         self.family = binary.family
         self.binary = binary
         self.before = before
         self.current = parsed if parsed is not None else state.parse_save(before)
+        self.others = others or {}  # the survey's parsed dumps of the other flavours
         self.plan = plan
         self.resolve = resolve
         self._comparison: state.Comparison | None = None
@@ -45,16 +47,21 @@ class FamilyWork:
         self.text = ""
         self.non_hooks: list[tuple[str, str, str]] = []
         self.committed: tuple[str, ...] | None = None  # after a failed write: the tables it committed
-        # nf_tables tables and chains at the survey (nft flavour): a failed run deletes
-        # the empty ones it created, so `nft list ruleset` is as before.
+        # nf_tables tables and chains just before the write (nft flavour): a failed run
+        # deletes the empty ones it created, so `nft list ruleset` is as before.
         self.nft_before: tuple[set[str], set[tuple[str, str]]] | None = None
-        if binary.flavour == "nft" and not before:
+
+    def note_nft_objects(self) -> None:
+        """Remember the nf_tables tables and chains of this family before writing to it."""
+        if self.binary.flavour != "nft":
+            return
+        if not self.before:
             self.nft_before = (set(), set())  # rb.dump read nothing: netlink showed no table
-        elif binary.flavour == "nft":
-            tables = netlink.nft_tables(netlink.NFPROTO[self.family])
-            chains = netlink.nft_chains(self.family)
-            if tables is not None and chains is not None:
-                self.nft_before = (set(tables), chains)
+            return
+        tables = netlink.nft_tables(netlink.NFPROTO[self.family])
+        chains = netlink.nft_chains(self.family)
+        if tables is not None and chains is not None:
+            self.nft_before = (set(tables), chains)
 
     @property
     def comparison(self) -> state.Comparison:
@@ -114,11 +121,12 @@ def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> Non
 def _native_tables() -> list[str]:
     """Istio's native nftables tables present here.  No inet table at all (a fresh pod,
     any iptables-only pod) is one netlink dump, without importing the nft modules."""
-    if netlink.nft_tables(netlink.NFPROTO_INET) == []:
+    present = netlink.nft_tables(netlink.NFPROTO_INET)
+    if present == []:
         return []
     from istio_iptables.apply.nftables import native_tables
 
-    return native_tables()
+    return native_tables(present)
 
 
 def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
@@ -216,22 +224,20 @@ def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: s
             text = rb.save(binary)
         if not quiet:
             log.info("IPv%d: using %s", family, binary.describe())
-        works.append(FamilyWork(binary, text, plan, resolve, parsed.get(flavour)))
+        elsewhere = {f: current for f, current in parsed.items() if f != flavour}
+        works.append(FamilyWork(binary, text, plan, resolve, parsed.get(flavour), elsewhere))
     return works
 
 
 def _refuse_libiptc_on_nft(works: list[FamilyWork]) -> None:
-    """python-iptables writes legacy tables only; refuse where iptables-nft holds rules."""
+    """python-iptables writes legacy tables only; refuse where iptables-nft holds rules
+    (as the survey read them)."""
     for work in works:
-        nft = rb.Binary(work.family, "nft")
-        try:
-            text = rb.dump(nft)
-        except rb.IptablesError:
-            continue
-        if text and state.parse_save(text).has_rules():
+        nft = work.others.get("nft")
+        if nft is not None and nft.has_rules():
             raise ApplyError(f"--backend libiptc writes iptables-legacy tables, but this namespace's IPv{work.family} "
                              "rules live in iptables-nft; rules written now would be invisible to "
-                             f"{nft.save}. Use --backend restore (the default)")
+                             f"{rb.Binary(work.family, 'nft').save}. Use --backend restore (the default)")
 
 
 def decide(work: FamilyWork, run: RunOptions) -> None:
@@ -284,6 +290,7 @@ def write_families(works: list[FamilyWork], run: RunOptions, undo: Undo) -> None
     that fails in the field (istio/istio#53147), and failing first leaves nothing to roll back."""
     for work in sorted(works, key=lambda w: -w.family):
         if work.text:
+            work.note_nft_objects()
             undo.add(lambda work=work: _roll_back(work))  # type: ignore[misc]
             try:
                 _write_family(work, run)

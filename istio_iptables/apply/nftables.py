@@ -62,10 +62,10 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
     log_final_nft(written, text, None if fresh else nft_ruleset)
 
 
-def native_tables() -> list[str]:
-    """Istio's native tables present in this namespace (one netlink dump, no process)."""
-    present = netlink.nft_tables(netlink.NFPROTO_INET)
-    if present is None:  # the kernel would not say: ask nft, when it is there
+def native_tables(present: list[str] | None) -> list[str]:
+    """Istio's native tables among `present`, the inet tables a netlink dump found here
+    (None: the kernel would not say, so nft is asked, when it is there)."""
+    if present is None:
         from istio_iptables.kernel.iptables_restore import which
 
         if which("nft") is None:
