@@ -135,6 +135,18 @@ def test_libiptc_matches_restore_reruns_as_noop_and_cleans_up(lab: NetLab, name:
     assert after_cleanup[2:] == before[2:]
 
 
+def test_libiptc_refuses_a_namespace_whose_rules_live_in_iptables_nft(lab: NetLab) -> None:
+    lab.run("pod", "iptables-nft", *FOREIGN_RULES[0])
+    before = (saved(lab), saved(lab, backend="legacy"))
+
+    done = istio(lab, *STANDARD, "--ipv6", "off", "--backend", "libiptc")
+
+    assert done.returncode == 1
+    assert "--backend libiptc writes iptables-legacy tables, but this namespace's IPv4 rules live in " \
+           "iptables-nft" in done.stderr
+    assert (saved(lab), saved(lab, backend="legacy")) == before
+
+
 # ----------------------------------------------------------------------------- strict input
 
 
