@@ -73,8 +73,7 @@ class FamilyWork:
 
 def execute_iptables(capture: CaptureConfig, plan: Plan, run: RunOptions) -> None:
     """Apply, re-check or clean up the iptables rules of every planned family."""
-    forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
-    works = survey(plan, forced, run.cleanup_only)
+    works = survey(plan, _forced_flavour(run), run.cleanup_only)
     if run.backend == "libiptc":
         _refuse_libiptc_on_nft(works)
     native = _native_tables()
@@ -133,15 +132,19 @@ def check_iptables(plan: Plan, run: RunOptions) -> list[str]:
     """Survey and decide as an apply would, but write nothing: what differs between
     this namespace and the plan (empty when every family holds exactly the plan).
     For the CNI plugin's CHECK."""
-    forced = "legacy" if run.backend == "libiptc" else run.force_iptables_binary
     problems: list[str] = []
-    for work in survey(plan, forced, False, quiet=True):
+    for work in survey(plan, _forced_flavour(run), False, quiet=True):
         decide(work, run._replace(cleanup_only=False, reconcile=False, force_apply=False))
         if work.action == "apply" and work.plan.parts:
             problems.append(f"IPv{work.family}: the capture rules are missing")
         elif work.action == "drift":
             problems.append(f"IPv{work.family}: {work.reason}")
     return problems
+
+
+def _forced_flavour(run: RunOptions) -> str:
+    """The flavour the flags force ('' for Istio's detection): libiptc writes legacy."""
+    return "legacy" if run.backend == "libiptc" else run.force_iptables_binary
 
 
 def _backend_name(work: FamilyWork, run: RunOptions) -> str:

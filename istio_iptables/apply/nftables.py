@@ -44,8 +44,7 @@ def execute_native(capture: CaptureConfig, plan: Plan, run: RunOptions, facts: H
 
             cleanup_system_steps(capture)
             return
-        before = istio_tables_text()
-        undo.add(lambda: _put_back(before))
+        _undoable(undo)
         # Nothing in nf_tables yet (a fresh pod): what nft commits is then all there is,
         # and the final log needs no `nft list ruleset` (see apply/final_log.py).
         fresh = not works and netlink.nft_tables(netlink.NFPROTO_ANY) == []
@@ -77,9 +76,14 @@ def native_tables(present: list[str] | None) -> list[str]:
 
 def remove_native(undo: Undo) -> None:
     """Delete Istio's native tables in one transaction; the undo puts them back."""
+    _undoable(undo)
+    cleanup_nft()
+
+
+def _undoable(undo: Undo) -> None:
+    """Before our native tables change: the undo that puts them back as they are now."""
     before = istio_tables_text()
     undo.add(lambda: _put_back(before))
-    cleanup_nft()
 
 
 def _put_back(before: str) -> bool:

@@ -34,8 +34,8 @@ class NetlinkError(OSError):
     """The kernel answered a netlink request with an error."""
 
 
-def _open() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+def _open(protocol: int = socket.NETLINK_ROUTE) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         sock.bind((0, 0))
     except OSError:
@@ -71,25 +71,14 @@ def attributes(payload: bytes, offset: int) -> dict[int, bytes]:
 def interface_addresses() -> list[tuple[int, str]]:
     """(ifindex, address) of every address in this network namespace, ordered as Go's
     net.InterfaceAddrs reports them: by interface, IPv4 before IPv6."""
-    sock = _open()
-    try:
-        header = struct.pack("=IHHII", 24, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-        sock.send(header + struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0))
-        found: list[tuple[int, str]] = []
-        while True:
-            for msg_type, payload in _messages(sock.recv(65536)):
-                if msg_type == NLMSG_DONE:
-                    return sorted(found, key=lambda item: item[0])
-                if msg_type == NLMSG_ERROR:
-                    raise NetlinkError("netlink refused the address dump")
-                if msg_type == RTM_NEWADDR:
-                    family, _, _, _, index = struct.unpack_from("=BBBBI", payload, 0)
-                    attrs = attributes(payload, 8)
-                    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-                    if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-                        found.append((index, socket.inet_ntop(family, raw)))
-    finally:
-        sock.close()
+    found: list[tuple[int, str]] = []
+    for payload in dump(RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)):
+        family, _, _, _, index = struct.unpack_from("=BBBBI", payload, 0)
+        attrs = attributes(payload, 8)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+            found.append((index, socket.inet_ntop(family, raw)))
+    return sorted(found, key=lambda item: item[0])
 
 
 def _words(code: int) -> str:
@@ -117,10 +106,16 @@ def request(kind: int, flags: int, body: bytes) -> None:
 def dump(kind: int, body: bytes) -> list[bytes]:
     """The payload of every message a dump request (RTM_GET*) answers with."""
     header = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    sock = _open()
+    return [payload for _, payload in _dump(socket.NETLINK_ROUTE, header + body)]
+
+
+def _dump(protocol: int, message: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of every message the kernel answers a dump request with, up to
+    NLMSG_DONE; NetlinkError(errno) when it refuses."""
+    sock = _open(protocol)
     try:
-        sock.send(header + body)
-        found: list[bytes] = []
+        sock.send(message)
+        found: list[tuple[int, bytes]] = []
         while True:
             for msg_type, payload in _messages(sock.recv(65536)):
                 if msg_type == NLMSG_DONE:
@@ -128,7 +123,7 @@ def dump(kind: int, body: bytes) -> list[bytes]:
                 if msg_type == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", payload, 0)[0]
                     raise NetlinkError(code, _words(code))
-                found.append(payload)
+                found.append((msg_type, payload))
     finally:
         sock.close()
 
@@ -184,29 +179,13 @@ NFPROTO_ANY = 0  # NFPROTO_UNSPEC: a dump of every family's tables
 def _nft_dump(nfproto: int, get: int, new: int, keys: tuple[int, ...]) -> list[tuple[str, ...]] | None:
     """One nf_tables dump (tables or chains of a protocol family): the string attributes
     `keys` of every object; None when the kernel will not say (no nf_tables, no privilege)."""
-    request = struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    request += struct.pack("=BBH", nfproto, 0, 0)
+    message = struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        answers = _dump(NETLINK_NETFILTER, message + struct.pack("=BBH", nfproto, 0, 0))
     except OSError:
         return None
-    found: list[tuple[str, ...]] = []
-    try:
-        sock.bind((0, 0))
-        sock.send(request)
-        while True:
-            for kind, payload in _messages(sock.recv(65536)):
-                if kind == NLMSG_ERROR:
-                    return None if struct.unpack_from("=i", payload, 0)[0] else found
-                if kind == NLMSG_DONE:
-                    return found
-                if kind & 0xFF == new:
-                    attrs = attributes(payload, 4)
-                    found.append(tuple(attrs.get(k, b"").rstrip(b"\0").decode("ascii", "replace") for k in keys))
-    except OSError:
-        return None
-    finally:
-        sock.close()
+    return [tuple(attrs.get(k, b"").rstrip(b"\0").decode("ascii", "replace") for k in keys)
+            for kind, payload in answers if kind & 0xFF == new for attrs in (attributes(payload, 4),)]
 
 
 def nft_tables(nfproto: int) -> list[str] | None:
