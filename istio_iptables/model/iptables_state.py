@@ -40,7 +40,7 @@ from istio_iptables.model.constants import (
     ISTIO_TPROXY,
     TABLE_ORDER,
 )
-from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule
+from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule, RuleRun
 
 # Every chain any of our plans can create, per table (a test checks every golden case's
 # plan against it).  Nothing of ours lives in filter or security.
@@ -57,19 +57,20 @@ Resolver = Callable[[str, str], str]
 
 
 class TableState:
-    """One table of an iptables-save dump: chains in order, rules as (chain, spec)."""
+    """One table of an iptables-save dump: chains in order, each chain's rule specs in
+    order (a dict by chain, so a chain's rules are found without scanning 10,000 others)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.chains: list[str] = []
-        self.rules: list[tuple[str, str]] = []
+        self.rules: dict[str, list[str]] = {}  # chain -> specs, chains in the order rules came
 
     def our_chains(self) -> list[str]:
         ours = OUR_CHAINS.get(self.name, _NONE)
         return [c for c in self.chains if c in ours]
 
     def rules_in(self, chain: str) -> list[str]:
-        return [spec for c, spec in self.rules if c == chain]
+        return self.rules.get(chain, [])
 
     def is_hook(self, chain: str, spec: str) -> bool:
         """A rule outside our chains whose target is one of our chains."""
@@ -77,7 +78,9 @@ class TableState:
         return chain not in ours and _target(spec) in ours
 
     def hooks(self) -> list[tuple[str, str]]:
-        return [(c, spec) for c, spec in self.rules if self.is_hook(c, spec)]
+        ours = OUR_CHAINS.get(self.name, _NONE)
+        return [(c, spec) for c, specs in self.rules.items() if c not in ours for spec in specs
+                if _target(spec) in ours]
 
 
 class IptablesState:
@@ -105,22 +108,24 @@ def _target(spec: str) -> str:
 
 
 def parse_save(text: str) -> IptablesState:
-    """Parse iptables-save output (legacy or nft flavour)."""
+    """Parse iptables-save output (legacy or nft flavour).  Rule lines are tested for
+    first: with 10,000 -x CIDRs they are nearly every line, and as -save prints each
+    chain's rules together, a chain's list is looked up once, not once per rule."""
     state = IptablesState()
     current: TableState | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
+    chain, specs = "", [""]
+    for line in text.split("\n"):
+        if line.startswith("-A "):
+            name, _, spec = line[3:].partition(" ")
+            if name != chain and current is not None:
+                chain, specs = name, current.rules.setdefault(name, [])
+            specs.append(spec)
+        elif line.startswith("*"):
             name = line[1:].strip()
             current = state.tables.setdefault(name, TableState(name))
-        elif current is None:
-            continue
-        elif line.startswith(":"):
+            chain = ""
+        elif line.startswith(":") and current is not None:
             current.chains.append(line[1:].split()[0])
-        elif line.startswith("-A "):
-            _, chain, *rest = line.split(" ", 2)
-            current.rules.append((chain, rest[0] if rest else ""))
     return state
 
 
@@ -234,17 +239,41 @@ def _network(text: str, family: int) -> str:
 
 # --- comparing the kernel's rules with the plan, in order -----------------------------
 
-def expected_order(rules: Iterable[Rule]) -> dict[tuple[str, str], list[Rule]]:
+Held = list[Rule | RuleRun]
+
+
+def expected_order(plan: FamilyPlan) -> dict[tuple[str, str], Held]:
     """Per (table, chain), our rules in the order the kernel holds them after a fresh
-    apply into empty chains: -A appends, -I N inserts at N (past the end: appends)."""
-    chains: dict[tuple[str, str], list[Rule]] = {}
-    for rule in rules:
-        held = chains.setdefault((rule.table, rule.chain), [])
-        if rule.position is None:
-            held.append(rule)
+    apply into empty chains: -A appends, -I N inserts at N (past the end: appends).
+    Runs stay runs unless an insert must land among their rules."""
+    chains: dict[tuple[str, str], Held] = {}
+    for part in plan.parts:
+        held = chains.setdefault((part.table, part.chain), [])
+        if isinstance(part, RuleRun) or part.position is None:
+            held.append(part)
         else:
-            held.insert(rule.position - 1, rule)
+            rules: Held = list(expand(held))
+            rules.insert(part.position - 1, part)
+            held[:] = rules
     return chains
+
+
+def expand(held: Held) -> list[Rule]:
+    """The single rules of a chain's parts, runs expanded."""
+    return [rule for part in held for rule in (part.rules() if isinstance(part, RuleRun) else (part,))]
+
+
+def specs(held: Held) -> list[str]:
+    """The rule specs as the plan writes them (and -save prints nearly all of them
+    back): a run's by one join and split, with no Python step per rule."""
+    found: list[str] = []
+    for part in held:
+        if isinstance(part, RuleRun):
+            start, end = " ".join((*part.before, "")), " ".join(("", *part.after))
+            found += (start + (end + "\n" + start).join(part.values) + end).split("\n")
+        else:
+            found.append(" ".join(part.params))
+    return found
 
 
 def _is_builtin(chain: str) -> bool:
@@ -259,15 +288,16 @@ class Comparison:
         self.state = state
         self.family = plan.family
         self.resolve = resolve
-        self.expected = expected_order(plan.rules)
+        self.expected = expected_order(plan)
         # The plan's non-jump rules in built-in chains, by (table, chain): keys only.
         self.builtin_keys: dict[tuple[str, str], set[Key]] = {}
         self.builtin_texts: dict[tuple[str, str], set[str]] = {}
         for (table, chain), held in self.expected.items():
             if _is_builtin(chain):
-                self.builtin_keys[(table, chain)] = {self.plan_key(r) for r in held if r.jump_target is None
+                rules = expand(held)
+                self.builtin_keys[(table, chain)] = {self.plan_key(r) for r in rules if r.jump_target is None
                                                      or r.jump_target in BUILTIN_CHAINS_AND_VERDICTS}
-                self.builtin_texts[(table, chain)] = {" ".join(r.params) for r in held}
+                self.builtin_texts[(table, chain)] = {" ".join(r.params) for r in rules}
 
     def plan_key(self, rule: Rule) -> Key:
         return rule_key(rule.params, self.family, self.resolve)
@@ -288,8 +318,13 @@ class Comparison:
         them, and only the others pay for a key."""
         return " ".join(rule.params) == spec or self.plan_key(rule) == self.kernel_key(spec)
 
-    def _in_order(self, where: str, want: list[Rule], have: list[str]) -> str | None:
-        """None when `have` is `want`, rule by rule in order; else why not."""
+    def _in_order(self, where: str, held: Held, have: list[str]) -> str | None:
+        """None when `have` is `held`, rule by rule in order; else why not.  Equal text
+        (what -save prints for nearly every rule we write, all -x CIDRs included) is one
+        list comparison; only a chain whose text differs pays for a key per rule."""
+        if specs(held) == have:
+            return None
+        want = expand(held)
         if len(want) == len(have) and all(self.same(r, spec) for r, spec in zip(want, have, strict=True)):
             return None
         return _describe(where, [self.plan_key(r) for r in want], [self.kernel_key(spec) for spec in have])
