@@ -528,8 +528,10 @@ def test_comparing_runs_as_text_finds_what_rule_by_rule_comparison_finds(parts: 
     for (table, chain), held in state.expected_order(plan).items():  # the text path decides, not the keys
         if chain.startswith("ISTIO_"):
             assert state.specs(held) == in_sync.table(table).rules_in(chain)
+    respelled = save.replace("-p tcp --dport", "-p tcp -m tcp --dport")  # as -save prints them
+    assert state.Comparison(plan, state.parse_save(respelled)).differences() == []
     rule_lines = [i for i, line in enumerate(save.splitlines()) if line.startswith("-A ")]
-    lines = save.splitlines()
+    lines = respelled.splitlines()
     changed = data.draw(st.sampled_from(rule_lines))
     lines[changed] = lines[changed].replace(" -j ", " -m comment --comment changed -j ")
     if data.draw(st.booleans()):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _socket
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress
 
 from istio_iptables.model.constants import (
     FULL_MARK_MASK,
@@ -263,6 +264,21 @@ def expand(held: Held) -> list[Rule]:
     return [rule for part in held for rule in (part.rules() if isinstance(part, RuleRun) else (part,))]
 
 
+def rules_at(held: Held, indices: list[int]) -> list[Rule]:
+    """The rules at these ascending indices of a chain's parts, runs expanded only there."""
+    found: list[Rule] = []
+    offset = 0
+    at = iter(indices)
+    index = next(at, None)
+    for part in held:
+        size = len(part.values) if isinstance(part, RuleRun) else 1
+        while index is not None and index < offset + size:
+            found += part.rules((part.values[index - offset],)) if isinstance(part, RuleRun) else [part]
+            index = next(at, None)
+        offset += size
+    return found
+
+
 def specs(held: Held) -> list[str]:
     """The rule specs as the plan writes them (and -save prints nearly all of them
     back): a run's by one join and split, with no Python step per rule."""
@@ -312,21 +328,21 @@ class Comparison:
         return [(i, spec) for i, spec in enumerate(table.rules_in(chain))
                 if table.is_hook(chain, spec) or spec in texts or (planned and self.kernel_key(spec) in planned)]
 
-    def same(self, rule: Rule, spec: str) -> bool:
-        """Whether the kernel's rule `spec` is the plan's `rule`.  Most rules (every -x
-        and -i CIDR) come back from -save exactly as written: a string compare settles
-        them, and only the others pay for a key."""
-        return " ".join(rule.params) == spec or self.plan_key(rule) == self.kernel_key(spec)
-
     def _in_order(self, where: str, held: Held, have: list[str]) -> str | None:
-        """None when `have` is `held`, rule by rule in order; else why not.  Equal text
-        (what -save prints for nearly every rule we write, all -x CIDRs included) is one
-        list comparison; only a chain whose text differs pays for a key per rule."""
-        if specs(held) == have:
+        """None when `have` is `held`, rule by rule in order; else why not.  Most rules
+        (every -x and -i CIDR) come back from -save exactly as written: equal text is one
+        list comparison, and only the rules whose text differs pay for a key."""
+        planned = specs(held)
+        if planned == have:
             return None
+        if len(planned) == len(have):
+            # The few rules -save respells (`-m tcp` added, options reordered) are found
+            # by C-level passes; only those are compared by key.
+            differ = list(compress(range(len(have)), map(str.__ne__, planned, have)))
+            if all(self.plan_key(rule) == self.kernel_key(have[i]) for i, rule in zip(differ, rules_at(held, differ),
+                                                                                        strict=True)):
+                return None
         want = expand(held)
-        if len(want) == len(have) and all(self.same(r, spec) for r, spec in zip(want, have, strict=True)):
-            return None
         return _describe(where, [self.plan_key(r) for r in want], [self.kernel_key(spec) for spec in have])
 
     def differences(self) -> list[str]:
