@@ -12,7 +12,6 @@ iptables, evaluates rules in order, and Istio's golden files pin that order down
 """
 
 import re
-from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import (
@@ -23,6 +22,7 @@ from istio_iptables.model.constants import (
     OUTBOUND_MARK,
 )
 from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.record import Record
 
 FAMILY = "inet"
 NAT = "istio-proxy-nat"
@@ -49,7 +49,7 @@ COUNTER = "counter"
 _BARE_IFACE_RE = r"^[A-Za-z_][A-Za-z0-9_.-]*\*?$"
 
 
-class Chain(NamedTuple):
+class Chain(Record):
     """A chain of an Istio table; base chains carry their hook (type, hook, priority)."""
 
     name: str
@@ -86,7 +86,7 @@ TABLE_CHAINS: dict[str, tuple[Chain, ...]] = {
 }
 
 
-class NftRule(NamedTuple):
+class NftRule(Record):
     """One rule: appended, or inserted at a 0-based `position` (iptables' -I 1 is nft's index 0)."""
 
     table: str
