@@ -99,7 +99,7 @@ def _constructor(fields: tuple[str, ...], defaults: dict[str, Any]) -> Any:
     # tails[k]: what k positional arguments lack, None when they are too few.
     tails = tuple(None if given < first_default else tail_values[given - first_default:] for given in range(count))
 
-    def __new__(cls: type[_R], *args: Any, **kwargs: Any) -> _R:
+    def __new__(cls: type[_R], /, *args: Any, **kwargs: Any) -> _R:
         given = len(args)
         if not kwargs:
             if given == count:
@@ -133,6 +133,8 @@ def _call_error(cls: type[_Record], args: tuple[Any, ...], kwargs: dict[str, Any
     fields = cls._fields
     where = f"{cls.__name__}.__new__()"
     for key in kwargs:
+        if key == "_cls":  # the name of namedtuple's first parameter
+            return TypeError(f"{where} got multiple values for argument '_cls'")
         if key not in fields:
             return TypeError(f"{where} got an unexpected keyword argument {key!r}")
         if fields.index(key) < len(args):
