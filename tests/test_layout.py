@@ -97,9 +97,9 @@ def namedtuple_users(root: Path) -> list[str]:
 
 def test_records_are_records_not_namedtuples() -> None:
     """One idiom for records: model/record.Record.  Defining a typing.NamedTuple costs
-    ~0.72 M instructions at import (collections.namedtuple `eval`s a generated
-    `__new__`, typing checks every annotation), a Record ~0.15 M (valgrind); the init
-    path defines over a dozen before doing any work, at 10 ms of CPU = 100 ms of pod
+    0.7-0.9 M instructions at import (collections.namedtuple `eval`s a generated
+    `__new__`, typing checks every annotation), a Record ~0.17 M (valgrind); the init
+    path defines 14 before doing any work, at 10 ms of CPU = 100 ms of pod
     start under `cpu: 100m`.  Record never reads its annotations, so modules defining
     records may use `from __future__ import annotations`."""
     assert set(namedtuple_users(PACKAGE)) - NAMEDTUPLE_PENDING == set()
