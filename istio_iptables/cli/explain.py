@@ -10,7 +10,7 @@ model/explain.py decides.  Never on the init path.
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,7 @@ from istio_iptables.cli.flags import Settings, add_options, build_settings, help
 from istio_iptables.model.config import ConfigError
 from istio_iptables.model.explain import Answer, Connection, Pod, explain
 from istio_iptables.model.iptables_match import Tables
+from istio_iptables.model.record import Record
 
 if TYPE_CHECKING:
     from istio_iptables.kernel.live_rules import LiveRules
@@ -29,7 +30,7 @@ DEFAULT_APP_UID = "1000"
 OWN_EXCLUDED = ("output", "dry_run")
 
 
-class Request(NamedTuple):
+class Request(Record):
     """The connection asked about, validated."""
 
     conn: Connection

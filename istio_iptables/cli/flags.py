@@ -8,7 +8,7 @@ of arguments, as the CNI plugin's `"capture"` list and `explain` need.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 
@@ -25,9 +25,10 @@ from istio_iptables.model.constants import (
     TPROXY_MARK,
     TPROXY_ROUTE_TABLE,
 )
+from istio_iptables.model.record import Record
 
 
-class Option(NamedTuple):
+class Option(Record):
     """One Istio flag: its letters, its environment variables, default and help."""
 
     dest: str
@@ -123,7 +124,7 @@ ENV_ONLY = {
 }
 
 
-class Settings(NamedTuple):
+class Settings(Record):
     capture: CaptureConfig
     run: RunOptions
 

@@ -16,7 +16,9 @@ Facts from the CNI specification (SPEC.md 0.4.0, 1.0.0, 1.1.0):
 
 import _json  # json's C half: the scanner and string escaper json.loads/dumps use
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
+
+from istio_iptables.model.record import Record
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -61,7 +63,7 @@ class CniError(Exception):
         self.version = version
 
 
-class Request(NamedTuple):
+class Request(Record):
     """One invocation: the command, its CNI_* parameters and the configuration."""
 
     command: str
@@ -70,7 +72,7 @@ class Request(NamedTuple):
     container_id: str = ""
     netns: str = ""
     ifname: str = ""
-    args: dict[str, str] = {}  # noqa: RUF012  (NamedTuple default, never mutated)
+    args: dict[str, str] = {}  # noqa: RUF012  (a record field default, never mutated)
 
     @property
     def prev_result(self) -> dict[str, Any] | None:

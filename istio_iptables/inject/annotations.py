@@ -14,10 +14,10 @@ Helm values as defaults), which lives in inject/template.py on top of these func
 """
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from istio_iptables.model import config as c
 from istio_iptables.model.config import ConfigError
+from istio_iptables.model.record import Record
 
 INJECT = "sidecar.istio.io/inject"
 INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
@@ -45,7 +45,7 @@ REDIRECT, TPROXY, NONE = "REDIRECT", "TPROXY", "NONE"
 _PARSEBOOL_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
 
-class Annotation(NamedTuple):
+class Annotation(Record):
     """One annotation we read: the istio-iptables flag it sets (None when it is not a
     flag of its own) and its meaning in Istio's words."""
 

@@ -10,12 +10,13 @@ C loader where present; this module is imported only by the pod paths.
 
 import sys
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
 from istio_iptables.inject.values import dig
 from istio_iptables.model.config import ConfigError
+from istio_iptables.model.record import Record
 
 # libyaml's loader is several times faster; PyYAML built without libyaml lacks it.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -30,7 +31,7 @@ class ManifestError(ConfigError):
         ValueError.__init__(self, f"{source}: {reason}")
 
 
-class PodTemplate(NamedTuple):
+class PodTemplate(Record):
     """One pod template: where it came from (e.g. "Deployment/web") and its parts."""
 
     where: str

@@ -17,12 +17,13 @@ The specification is Istio's injection template
 """
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from istio_iptables.inject import annotations as a
 from istio_iptables.inject.manifest import PodTemplate, load_yaml
 from istio_iptables.inject.values import InjectorValues, MeshDefaults, interception_mode, proxy_metadata
 from istio_iptables.model.config import ConfigError
+from istio_iptables.model.record import Record
 
 INIT_CONTAINER = "istio-init"
 VALIDATION_CONTAINER = "istio-validation"
@@ -36,7 +37,7 @@ DEFAULT_PROXY_UID = "1337"
 ALWAYS_EXCLUDED_INBOUND = "15090,15021"
 
 
-class InitContainer(NamedTuple):
+class InitContainer(Record):
     name: str
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
@@ -46,7 +47,7 @@ class InitContainer(NamedTuple):
                 "env": [{"name": k, "value": v} for k, v in self.env]}
 
 
-class Injection(NamedTuple):
+class Injection(Record):
     """The init container, or None with the reason nothing is injected."""
 
     container: InitContainer | None

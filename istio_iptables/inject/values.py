@@ -12,13 +12,14 @@ both are reproduced here (`go_str`, `go_truthy`) rather than Python's str/bool.
 """
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from istio_iptables.inject.annotations import NONE, REDIRECT, TPROXY
 from istio_iptables.model.config import ConfigError
+from istio_iptables.model.record import Record
 
 
-class InjectorValues(NamedTuple):
+class InjectorValues(Record):
     """The Helm values the injection template reads for istio-init, as Go would print them.
     Empty outbound port lists mean "not set": the template writes -q/-o only when the
     annotation is present or the value is not empty."""
@@ -37,7 +38,7 @@ class InjectorValues(NamedTuple):
     cni_enabled: bool = False
 
 
-class MeshDefaults(NamedTuple):
+class MeshDefaults(Record):
     """The mesh config fields the template reads: listener ports and defaultConfig."""
 
     proxy_listen_port: str = "15001"

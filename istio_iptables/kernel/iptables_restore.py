@@ -9,11 +9,11 @@ holds any table, so the common fresh-pod case costs no extra process.
 
 import os
 import re
-from typing import NamedTuple
 
 from istio_iptables import logs as log
 from istio_iptables.kernel import spawn
 from istio_iptables.kernel.netlink import nft_has_tables
+from istio_iptables.model.record import Record
 
 _PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 # A pattern, not a compiled regex: only a failed restore reads it (compiling at import
@@ -32,7 +32,7 @@ class IptablesError(RuntimeError):
         self.committed = committed
 
 
-class Binary(NamedTuple):
+class Binary(Record):
     """One family's iptables flavour: e.g. iptables-nft / iptables-nft-save / -restore."""
 
     family: int

@@ -9,17 +9,17 @@ evaluates one, so when both hold rules that is said, not hidden.
 
 
 import socket
-from typing import NamedTuple
 
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import spawn
 from istio_iptables.kernel.netlink import interface_addresses, nft_has_tables
 from istio_iptables.model.policy_routing import Routing
+from istio_iptables.model.record import Record
 
 NATIVE_TABLES = ("istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
 
 
-class LiveRules(NamedTuple):
+class LiveRules(Record):
     texts: dict[int, str]  # family -> -save text evaluated
     sources: dict[int, str]  # family -> the binary that produced it
     notes: tuple[str, ...]

@@ -6,13 +6,14 @@ instructions (valgrind), for nothing when nft succeeds.
 """
 
 import re
-from typing import NamedTuple
+
+from istio_iptables.model.record import Record
 
 # nft locates errors as "<file>:<line>:<first column>-<last column>: Error: <reason>".
 _ERROR_RE = r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<cols>[\d-]+): Error: (?P<reason>.*)$"
 
 
-class Refusal(NamedTuple):
+class Refusal(Record):
     """The first error nft reported: its reason and, if located, the line number."""
 
     reason: str

@@ -8,10 +8,11 @@ posix_spawn, and a pidfd gives the timeout.
 """
 
 import os
-from typing import NamedTuple
+
+from istio_iptables.model.record import Record
 
 
-class Finished(NamedTuple):
+class Finished(Record):
     """What a program did: its exit status (negative: killed by that signal) and output."""
 
     returncode: int

@@ -10,9 +10,9 @@ the kernel against the intent as well as against each other.
 
 
 import ipaddress
-from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
+from istio_iptables.model.record import Record
 
 APP_UID = 1000
 SAMPLE_INBOUND_PORT = 8080
@@ -29,7 +29,7 @@ NAMESERVER = {4: "198.51.100.53", 6: "2001:db8:2::53"}
 LAB_NETWORKS = ("192.0.2.0/24", "2001:db8:1::/64")
 
 
-class Lab(NamedTuple):
+class Lab(Record):
     """The lab's addresses as the matrix needs them."""
 
     pod: dict[int, str]  # family -> the pod's address
@@ -37,7 +37,7 @@ class Lab(NamedTuple):
     interface: str = "eth0"
 
 
-class Probe(NamedTuple):
+class Probe(Record):
     """One connection to send.  expect_port: where the flags say it lands (None: nowhere);
     expect_local: in the pod (True) or at the peer (False)."""
 

@@ -14,19 +14,20 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from istio_iptables.cli.explain import Request, answer_for
 from istio_iptables.cli.flags import Settings
 from istio_iptables.lab import matrix
 from istio_iptables.lab.netlab import PEER_IPV4, PEER_IPV6, POD_IPV4, POD_IPV6, NetLab, run_in_netns
 from istio_iptables.model.explain import Answer, Connection, is_loopback
+from istio_iptables.model.record import Record
 
 if TYPE_CHECKING:
     from istio_iptables.kernel.live_rules import LiveRules
 
 
-class Row(NamedTuple):
+class Row(Record):
     probe: matrix.Probe
     plan: Answer
     live: Answer
@@ -53,7 +54,7 @@ class Row(NamedTuple):
         return landing(self.live, self.probe)
 
 
-class Result(NamedTuple):
+class Result(Record):
     rows: list[Row]
     applied: str  # the tool's log of the apply
     lab_families: tuple[int, ...]

@@ -1,7 +1,7 @@
 """The pure model: flags in, rules out, no I/O.
 
-config (parse + validate into frozen NamedTuples) → iptables_plan / nft_plan (ordered
-rules per family and table) → iptables_render (restore text, commands, JSON) and
+config (parse + validate into frozen records, see record.py) → iptables_plan / nft_plan
+(ordered rules per family and table) → iptables_render (restore text, commands, JSON) and
 iptables_state (parse `-save`, compare it in order with a plan, write cleanup and
 rollback text).  constants holds the values Istio fixes (defaults, chain names, marks,
 addresses) that several modules write.  hostfacts holds the two facts a plan depends

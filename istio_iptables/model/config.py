@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
-from typing import NamedTuple
 
 from istio_iptables.model.constants import (
     INBOUND_CAPTURE_PORT,
@@ -24,6 +23,7 @@ from istio_iptables.model.constants import (
     TPROXY_MARK,
     TPROXY_ROUTE_TABLE,
 )
+from istio_iptables.model.record import Record
 
 REDIRECT = "REDIRECT"
 TPROXY = "TPROXY"
@@ -55,7 +55,7 @@ class ConfigError(ValueError):
         super().__init__(f"invalid value {value!r} for {flag}: {reason}")
 
 
-class Cidrs(NamedTuple):
+class Cidrs(Record):
     """An address list as Istio splits it: a wildcard, or IPv4 and IPv6 CIDRs kept in order."""
 
     wildcard: bool = False
@@ -71,14 +71,14 @@ class Cidrs(NamedTuple):
         return any(c.split("/")[0] == "::1" for c in self.v6)
 
 
-class OwnerGroups(NamedTuple):
+class OwnerGroups(Record):
     """Istio's owner-group filter: capture all groups except `values`, or only `values`."""
 
     capture_all_except: bool = True
     values: tuple[str, ...] = ()
 
 
-class CaptureConfig(NamedTuple):
+class CaptureConfig(Record):
     """Everything that decides which rules are planned.  Ports are ints, lists keep order."""
 
     proxy_port: int = PROXY_PORT
@@ -119,7 +119,7 @@ class CaptureConfig(NamedTuple):
         return self.redirect_dns and not self.capture_all_dns
 
 
-class RunOptions(NamedTuple):
+class RunOptions(Record):
     """How to run: everything that does not change which rules are planned."""
 
     dry_run: bool = False

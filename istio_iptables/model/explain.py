@@ -28,12 +28,12 @@ with the rule named: it never guesses silently.
 
 import ipaddress
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import FULL_MARK_MASK, ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
 from istio_iptables.model.iptables_match import Match, ParsedRule, Tables
 from istio_iptables.model.policy_routing import Check
+from istio_iptables.model.record import Record
 
 # The kernel's default net.ipv4.ip_local_port_range: where a client's source port is.
 EPHEMERAL_PORTS = (32768, 60999)
@@ -47,7 +47,7 @@ INBOUND_HOOKS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PRERO
 _CONTINUING_TARGETS = frozenset({"LOG", "NFLOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "NFQUEUE-bypass"})
 
 
-class Connection(NamedTuple):
+class Connection(Record):
     """The connection to explain.  `uid`/`gid` are the client's (outbound only);
     `src` None means "the address the kernel would pick" (unknown when the pod's
     addresses are not known)."""
@@ -62,7 +62,7 @@ class Connection(NamedTuple):
     gid: str | None = None
 
 
-class Pod(NamedTuple):
+class Pod(Record):
     """What the walk needs to know of the pod's network: its own addresses (not lo's
     loopback ones) and its interface."""
 
@@ -70,7 +70,7 @@ class Pod(NamedTuple):
     interface: str = "eth0"
 
 
-class Step(NamedTuple):
+class Step(Record):
     """One evaluated rule: matched is True, False, or None (could not be decided)."""
 
     table: str
@@ -80,7 +80,7 @@ class Step(NamedTuple):
     note: str = ""
 
 
-class Answer(NamedTuple):
+class Answer(Record):
     captured: bool
     port: int | None
     address: str | None
@@ -126,7 +126,7 @@ class _Packet:
         self.owned = not conn.inbound  # has a local socket (for -m owner)
 
 
-class _Decision(NamedTuple):
+class _Decision(Record):
     """The rule that decided, and the rule that jumped to its chain (for the reason)."""
 
     table: str

@@ -10,17 +10,17 @@ import _socket
 import os
 import pwd
 import stat
-from typing import NamedTuple
 
 from istio_iptables import logs as log
 from istio_iptables.model.constants import PROXY_UID
+from istio_iptables.model.record import Record
 
 
 class HostFactsError(RuntimeError):
     """The host could not be read (e.g. resolv.conf missing when DNS capture needs it)."""
 
 
-class HostFacts(NamedTuple):
+class HostFacts(Record):
     """What the planner needs to know about the pod's network namespace."""
 
     ipv6: bool = False

@@ -11,7 +11,8 @@ Pure: no I/O.
 
 
 import shlex
-from typing import NamedTuple
+
+from istio_iptables.model.record import Record
 
 BUILTIN_POLICY_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 # Options that take one value, by the module that owns them ("" = iptables itself).
@@ -41,7 +42,7 @@ class RuleSyntaxError(ValueError):
     """Rule text the parser cannot read at all (not merely an unknown match)."""
 
 
-class Match(NamedTuple):
+class Match(Record):
     """One test of a rule: `kind` (proto, src, dst, iif, oif, dport, sport, dports,
     sports, ports, uid, gid, mark, connmark, ctstate, comment, unknown), its value as
     written, and whether it was negated with `!`."""
@@ -55,7 +56,7 @@ class Match(NamedTuple):
         return ("! " if self.negated else "") + f"{self.kind} {self.value}"
 
 
-class ParsedRule(NamedTuple):
+class ParsedRule(Record):
     """One rule: its matches, its target (a verdict, an extension, or a chain), the
     target's options, whether it is a goto, and the line as written."""
 
@@ -66,7 +67,7 @@ class ParsedRule(NamedTuple):
     text: str
 
 
-class Chain(NamedTuple):
+class Chain(Record):
     """A chain's policy (built-in chains only; '-' otherwise) and its rules in order."""
 
     policy: str

@@ -7,7 +7,7 @@ golden files pin that order down.  The plan also carries the non-iptables steps
 """
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import (
@@ -27,6 +27,7 @@ from istio_iptables.model.constants import (
     TABLE_ORDER,
 )
 from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.record import Record
 
 # Chains iptables owns and verdicts that are not chains: never created with -N.
 BUILTIN_CHAINS_AND_VERDICTS = frozenset(
@@ -39,7 +40,7 @@ def _jump_target(words: tuple[str, ...]) -> str | None:
     return words[-1] if len(words) >= 2 and words[-2] == "-j" else None
 
 
-class Rule(NamedTuple):
+class Rule(Record):
     """One iptables rule: `-A chain params` or, with a position, `-I chain position params`."""
 
     table: str
@@ -60,7 +61,7 @@ class Rule(NamedTuple):
         return _jump_target(self.params)
 
 
-class RuleRun(NamedTuple):
+class RuleRun(Record):
     """Rules alike but for one word, one per value, in order: `-A chain *before value
     *after` (the -x CIDRs' RETURNs, the -i CIDRs' REDIRECTs).  A list of 10,000 CIDRs is
     one RuleRun: the planner, the restore text and the final log's summary handle it
@@ -153,7 +154,7 @@ class FamilyPlan:
         return [t for t in TABLE_ORDER if t in present]
 
 
-class RouteStep(NamedTuple):
+class RouteStep(Record):
     """A policy-routing step TPROXY needs: `ip rule` or `ip route` in one family."""
 
     kind: str  # "rule" or "route"
@@ -168,7 +169,7 @@ class RouteStep(NamedTuple):
         return f"{ip} route add local default dev lo table {self.table}"
 
 
-class AddressStep(NamedTuple):
+class AddressStep(Record):
     """An address added to lo (Istio's ::6 inbound passthrough source)."""
 
     address: str
@@ -178,7 +179,7 @@ class AddressStep(NamedTuple):
         return f"ip -6 addr add {self.address} dev {self.device}"
 
 
-class Plan(NamedTuple):
+class Plan(Record):
     """Everything an apply would do, per family, plus routes and addresses."""
 
     v4: FamilyPlan

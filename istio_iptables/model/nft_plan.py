@@ -13,7 +13,6 @@ iptables, evaluates rules in order, and Istio's golden files pin that order down
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import (
@@ -24,6 +23,7 @@ from istio_iptables.model.constants import (
     OUTBOUND_MARK,
 )
 from istio_iptables.model.hostfacts import HostFacts
+from istio_iptables.model.record import Record
 
 FAMILY = "inet"
 NAT = "istio-proxy-nat"
@@ -50,7 +50,7 @@ COUNTER = "counter"
 _BARE_IFACE_RE = r"^[A-Za-z_][A-Za-z0-9_.-]*\*?$"
 
 
-class Chain(NamedTuple):
+class Chain(Record):
     """A chain of an Istio table; base chains carry their hook (type, hook, priority)."""
 
     name: str
@@ -93,7 +93,7 @@ def _jump_target(expr: str) -> str | None:
     return words[-1] if len(words) >= 2 and words[-2] == "jump" else None
 
 
-class NftRule(NamedTuple):
+class NftRule(Record):
     """One rule: appended, or inserted at a 0-based `position` (iptables' -I 1 is nft's index 0)."""
 
     table: str
@@ -107,7 +107,7 @@ class NftRule(NamedTuple):
         return _jump_target(self.expr)
 
 
-class NftRun(NamedTuple):
+class NftRun(Record):
     """Rules alike but for one word, one per value, in order: `add rule ... before value
     after` (the -x and -i CIDRs).  As iptables_plan.RuleRun: 10,000 CIDRs are rendered
     and summarised by joins and slices, with no Python step per rule."""

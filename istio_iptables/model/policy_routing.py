@@ -17,9 +17,9 @@ going on to the next rule.
 
 
 import ipaddress
-from typing import NamedTuple
 
 from istio_iptables.model.constants import FULL_MARK_MASK
+from istio_iptables.model.record import Record
 
 # Values of rtnetlink we keep as words (linux/fib_rules.h, linux/rtnetlink.h).
 RT_TABLE_LOCAL = 255
@@ -29,7 +29,7 @@ ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multi
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 
 
-class PolicyRule(NamedTuple):
+class PolicyRule(Record):
     """One `ip rule`.  `src`/`dst` are prefixes ("0.0.0.0/0" for all); `fwmark` None
     when the rule has no fwmark selector."""
 
@@ -59,7 +59,7 @@ class PolicyRule(NamedTuple):
         return " ".join(p for p in parts if p)
 
 
-class Route(NamedTuple):
+class Route(Record):
     """One route of one table; `dst` is a prefix ("::/0" for default)."""
 
     family: int
@@ -74,14 +74,14 @@ class Route(NamedTuple):
                                     f"table {_table_name(self.table)}") if p)
 
 
-class Routing(NamedTuple):
+class Routing(Record):
     """A namespace's policy rules and the routes of every table, both families."""
 
     rules: tuple[PolicyRule, ...] = ()
     routes: tuple[Route, ...] = ()
 
 
-class Lookup(NamedTuple):
+class Lookup(Record):
     """Where the kernel routes a packet: `local` is delivery to this namespace's
     stack (a TPROXY socket); `rule`/`route` are the ones that decided."""
 
@@ -91,7 +91,7 @@ class Lookup(NamedTuple):
     outcome: str  # e.g. "local via lo", "unicast via eth0", "no route"
 
 
-class Check(NamedTuple):
+class Check(Record):
     """The routing a TPROXY'd connection needs, checked against what is installed.
     `problem` is empty when the marked packet is delivered by the routing TPROXY needs."""
 
