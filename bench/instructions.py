@@ -17,7 +17,8 @@ compares the tool with the floor in instructions, per row:
 
 Rows: standard and TPROXY (IPv4, iptables-nft) always; `--modes` adds DNS capture and
 native nftables (floor: `nft -f` of the tool's ruleset), `--cidrs` -x 1,000, 5,000 and
-10,000 CIDRs, `--rerun` the identical second run of the standard profile, `--libiptc` the
+10,000 CIDRs, `--rerun` the identical second run of the standard profile (with `--cidrs`, also of
+the 10,000-CIDR row on iptables-nft and on iptables-legacy), `--libiptc` the
 `--backend libiptc` apply against its own floor (python -c 'import click' plus one
 iptables-legacy-restore; python-iptables works in a forked worker, whose counters would
 start with everything the parent ran before the fork, so valgrind dumps the parent's
@@ -183,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *([("native -x 10,000 CIDRs", [*with_x[-1][1], "--native-nftables"], "nft")]
               if args.cidrs and args.modes else []),
             *([("re-run standard", STANDARD, "save")] if args.rerun else []),
+            *([(f"re-run -x 10,000 ({flavour})", [*with_x[-1][1], "--force-iptables-binary", flavour], "save")
+               for flavour in ("nft", "legacy")] if args.rerun and args.cidrs else []),
             *([("backend libiptc", [*STANDARD, "--backend", "libiptc"], "legacy")] if args.libiptc else []),
             *([("CNI ADD", STANDARD, "cni")] if args.cni else []),
         ]
@@ -208,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if floor_kind == "save":
                     if ns.run([python, "-m", "istio_iptables", *full]).returncode != 0:
                         raise SystemExit("the first apply failed")
-                    floor_child = counted(ns, ["iptables-nft-save"])
+                    flavour = "legacy" if "legacy" in flags else "nft"
+                    floor_child = counted(ns, [f"iptables-{flavour}-save"])
                 else:
                     probe = Namespace()
                     floor_argv = {"nft": ["nft", "-f", "-"], "legacy": ["iptables-legacy-restore", "--noflush"]}.get(
