@@ -351,22 +351,24 @@ _ADDRESS_TEXT = st.one_of(
 
 
 @given(st.lists(st.integers(0, 2**32 - 1), min_size=65, max_size=120), _PREFIX_TEXT,
-       st.one_of(st.none(), st.builds(lambda a, p: f"{a}/{p}", _ADDRESS_TEXT, _PREFIX_TEXT),
-                 _ADDRESS_TEXT))
-@settings(max_examples=150, deadline=None)
+       st.lists(st.tuples(st.one_of(st.builds(lambda a, p: f"{a}/{p}", _ADDRESS_TEXT, _PREFIX_TEXT),
+                                    _ADDRESS_TEXT, st.sampled_from(["", " ", "1.2.3.4/8/8", "1.2.3.4,8/1.2.3.4/8"])),
+                          st.integers(0, 200)), max_size=3))
+@settings(max_examples=300, deadline=None)
 def test_long_cidr_lists_parse_as_the_per_item_path_does(addresses: list[int], prefix: str,
-                                                          odd: str | None) -> None:
+                                                          odd: list[tuple[str, int]]) -> None:
     """Lists past the bulk threshold take a C-level check; it must accept exactly what
-    the per-item path accepts and give the same result (or the same error)."""
+    the per-item path accepts and give the same result (or the same error), also when
+    one odd item's missing '/' is made up by another's extra one."""
     items = [f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{prefix}" for a in addresses]
-    if odd is not None:
-        items.insert(len(items) // 2, odd)
+    for item, where in odd:
+        items.insert(where % (len(items) + 1), item)
     raw = ",".join(items)
 
     def per_item() -> c.Cidrs | str:
         v4: list[str] = []
         v6: list[str] = []
-        for item in items:
+        for item in c.split_list(raw):
             version, text = c._normalize_cidr(item) if "/" in item else (0, "")
             if not version:
                 return "error"

