@@ -293,41 +293,35 @@ class _Walker:
         caller_chain = ""
         for _ in range(100_000):  # bounded: a ruleset with a jump loop is refused by the kernel anyway
             rules = chains[current].rules if current in chains else []
-            if index >= len(rules):
-                if not stack:
-                    self._policy(pkt, table, chain, chains[chain].policy)
-                    return
-                current, index, caller = stack.pop()
-                caller_chain = stack[-1][0] if stack else chain
-                continue
-            rule = rules[index]
-            index += 1
-            matched, unknown = _rule_matches(rule, pkt)
-            note = ""
-            if unknown:
-                note = "cannot evaluate: " + "; ".join(unknown)
-                self.unknowns.append(f"{table} {current}: {rule.text} ({note})")
-            self.path.append(Step(table, current, rule.text, matched, note))
-            if matched is not True or rule.target is None:
-                continue
-            outcome = self._target(pkt, table, current, rule, chains, caller, caller_chain)
-            if outcome == "continue":
-                continue
-            if outcome == "return":
-                if not stack:  # RETURN in a built-in chain: its policy decides
-                    self._policy(pkt, table, chain, chains[chain].policy)
-                    return
-                current, index, caller = stack.pop()
-                caller_chain = stack[-1][0] if stack else chain
-                continue
-            if outcome == "jump":
-                target = str(rule.target)
-                if not rule.goto:
-                    stack.append((current, index, caller))
-                caller, caller_chain = rule, current
-                current, index = target, 0
-                continue
-            return  # a verdict: this table is done with the packet
+            if index < len(rules):
+                rule = rules[index]
+                index += 1
+                matched, unknown = _rule_matches(rule, pkt)
+                note = ""
+                if unknown:
+                    note = "cannot evaluate: " + "; ".join(unknown)
+                    self.unknowns.append(f"{table} {current}: {rule.text} ({note})")
+                self.path.append(Step(table, current, rule.text, matched, note))
+                if matched is not True or rule.target is None:
+                    continue
+                outcome = self._target(pkt, table, current, rule, chains, caller, caller_chain)
+                if outcome == "continue":
+                    continue
+                if outcome == "jump":
+                    if not rule.goto:
+                        stack.append((current, index, caller))
+                    caller, caller_chain = rule, current
+                    current, index = str(rule.target), 0
+                    continue
+                if outcome != "return":
+                    return  # a verdict: this table is done with the packet
+            # The end of the chain, or RETURN: back to the caller; in the built-in chain
+            # the policy decides.
+            if not stack:
+                self._policy(pkt, table, chain, chains[chain].policy)
+                return
+            current, index, caller = stack.pop()
+            caller_chain = stack[-1][0] if stack else chain
         self.unknowns.append(f"{table} {chain}: too many rules walked (a loop?)")
 
     def _policy(self, pkt: _Packet, table: str, chain: str, policy: str) -> None:
