@@ -155,6 +155,27 @@ def test_drop_policy_goto_and_socketless_owner_negation() -> None:
     assert (answer.port, answer.address) == (3, "10.1.2.3")
 
 
+def test_port_ranges_source_ports_masked_marks_and_bare_addresses() -> None:
+    """The walk's shared readers of ports (multiport lists and ranges; a client's
+    source port is somewhere in 32768-60999), of value/mask marks and of a bare -d
+    address, each deciding a connection."""
+    tables = {4: parse_tables(
+        "*mangle\n-A OUTPUT -j MARK --set-xmark 0x3/0xffffffff\n-A OUTPUT -j MARK --set-xmark 0x10/0xf0\n"
+        "-A OUTPUT -j CONNMARK --save-mark --mask 0x30\nCOMMIT\n"
+        "*nat\n-A OUTPUT -p tcp -m multiport --dports 81,8000:8099 -j REDIRECT --to-ports 1\n"
+        "-A OUTPUT -p tcp -m tcp --sport 1:32767 -j REDIRECT --to-ports 2\n"
+        "-A OUTPUT -p tcp -m tcp --sport 32768:40000 -j REDIRECT --to-ports 3\n"
+        "-A OUTPUT -m mark --mark 0x3/0xf -d 198.51.100.11 -j REDIRECT --to-ports 4\n"
+        "-A OUTPUT -m connmark --mark 0x10 -d 198.51.100.10 -j REDIRECT --to-ports 5\n"
+        "-A OUTPUT -m mark --mark 0x10/0x30 -j REDIRECT --to-ports 6\nCOMMIT\n")}
+    assert explain(tables, _out("198.51.100.10", 8050), POD).port == 1
+    uncertain = explain(tables, _out("198.51.100.10", 80), POD)  # the source port may be 32768-40000
+    assert uncertain.uncertain and "--sport 32768:40000" in uncertain.unknowns[0]
+    assert uncertain.port == 5  # mark 0x13; the connmark keeps its 0x30 bits: 0x10; -d is a /32
+    assert explain(tables, _out("198.51.100.11", 80), POD).port == 4
+    assert explain(tables, _out("198.51.100.12", 80), POD).port == 6
+
+
 def test_ipv6_without_rules_passes_and_says_why() -> None:
     answer = explain({4: parse_tables(SAVED)}, _out("2001:db8::1", 80), Pod(("10.1.2.3", "fd00::2")))
     assert (answer.captured, answer.port) == (False, 80)

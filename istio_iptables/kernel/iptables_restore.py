@@ -15,7 +15,11 @@ from istio_iptables.kernel import spawn
 from istio_iptables.kernel.netlink import nft_has_tables
 from istio_iptables.model.record import Record
 
-_PROC_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
+# The calling thread's namespace: /proc/net follows the thread-group leader, and
+# verify reads a scratch namespace from a thread that alone has entered it.  Kernels
+# before 3.17 have no /proc/thread-self; there the process-wide /proc/net is read.
+_PROC_TABLE_NAMES = {4: "/proc/thread-self/net/ip_tables_names", 6: "/proc/thread-self/net/ip6_tables_names"}
+_OLD_KERNEL_TABLE_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 # A pattern, not a compiled regex: only a failed restore reads it (compiling at import
 # cost every apply ~0.3 M instructions; re caches it on first use).
 _LINE_FAILED = r"line (\d+) failed"
@@ -80,14 +84,24 @@ def which(program: str) -> str | None:
 
 def legacy_has_tables(family: int) -> bool:
     """Whether iptables-legacy holds tables in this network namespace (Istio's
-    'legacy has existing rules' test, read from /proc instead of running -save)."""
+    'legacy has existing rules' test, read from /proc instead of running -save), as
+    the calling thread sees it."""
     try:
-        # Bytes: a text-mode open looks up the ascii codec (imports encodings.ascii) and
-        # builds a TextIOWrapper, ~0.9 M instructions for a file of ASCII table names.
-        with open(_PROC_TABLE_NAMES[family], "rb") as handle:
-            return bool(handle.read().strip())
+        return _holds_names(_PROC_TABLE_NAMES[family])
+    except OSError:
+        if os.access("/proc/thread-self", os.F_OK):
+            return False  # the module is not loaded here: no legacy table
+    try:
+        return _holds_names(_OLD_KERNEL_TABLE_NAMES[family])
     except OSError:
         return False
+
+
+def _holds_names(path: str) -> bool:
+    # Bytes: a text-mode open looks up the ascii codec (imports encodings.ascii) and
+    # builds a TextIOWrapper, ~0.9 M instructions for a file of ASCII table names.
+    with open(path, "rb") as handle:
+        return bool(handle.read().strip())
 
 
 def dump(binary: Binary) -> str | None:

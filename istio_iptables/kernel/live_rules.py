@@ -12,11 +12,11 @@ import socket
 
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import spawn
-from istio_iptables.kernel.netlink import interface_addresses, nft_has_tables
+from istio_iptables.kernel.netlink import interface_addresses
+from istio_iptables.model.iptables_state import IptablesState, parse_save
+from istio_iptables.model.nft_plan import TABLES as NATIVE_TABLES
 from istio_iptables.model.policy_routing import Routing
 from istio_iptables.model.record import Record
-
-NATIVE_TABLES = ("istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
 
 
 class LiveRules(Record):
@@ -30,47 +30,33 @@ class LiveRules(Record):
     routing: Routing | None = None  # None: could not be read (the reason is in notes)
 
 
-def _has_rules(text: str) -> bool:
-    return any(line.startswith(("-A ", "-I ")) for line in text.splitlines())
-
-
-def _save(binary: rb.Binary) -> str | None:
-    if rb.which(binary.save) is None:
-        return None
+def _dump(binary: rb.Binary) -> tuple[str, IptablesState] | None:
+    """The flavour's rules as the init path reads them (rb.dump: the cheap probes
+    first), with their parse; None when it is not installed, does not work here, or
+    holds no rule (empty tables a read-only `iptables-legacy -L` created)."""
     try:
-        return rb.save(binary)
+        text = rb.dump(binary)
     except rb.IptablesError:
         return None
-
-
-def _legacy_has_tables(family: int) -> bool:
-    """Like iptables_restore.legacy_has_tables, but through /proc/thread-self: /proc/net
-    follows the thread-group leader, and verify reads a scratch namespace from a thread
-    that alone has entered it."""
-    name = "ip_tables_names" if family == 4 else "ip6_tables_names"
-    try:
-        with open(f"/proc/thread-self/net/{name}", encoding="ascii") as handle:
-            return bool(handle.read().strip())
-    except OSError:
-        return rb.legacy_has_tables(family)
+    if not text:
+        return None
+    current = parse_save(text)
+    return (text, current) if current.has_rules() else None
 
 
 def read_family(family: int) -> tuple[str, str, list[str]]:
     """(save text, source, notes) for one family."""
     notes: list[str] = []
-    found: list[tuple[str, str]] = []
-    if _legacy_has_tables(family):
-        text = _save(rb.Binary(family, "legacy"))
-        if text and _has_rules(text):
-            found.append((text, rb.Binary(family, "legacy").save))
-    if nft_has_tables(family) is not False:
-        text = _save(rb.Binary(family, "nft"))
-        if text and _has_rules(text):
-            found.append((text, rb.Binary(family, "nft").save))
+    found: list[tuple[str, str, IptablesState]] = []
+    for flavour in ("legacy", "nft"):
+        binary = rb.Binary(family, flavour)
+        dumped = _dump(binary)
+        if dumped is not None:
+            found.append((dumped[0], binary.save, dumped[1]))
     if not found:
         return "", "no iptables rules", notes
     if len(found) > 1:
-        ours = [f for f in found if "ISTIO_" in f[0]] or found
+        ours = [f for f in found if f[2].has_ours()] or found
         notes.append(f"IPv{family}: both iptables-legacy and iptables-nft hold rules and the kernel runs both; "
                      f"only {ours[0][1]} (the one with ISTIO_ chains) is evaluated")
         return ours[0][0], ours[0][1], notes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import _socket as socket  # the C module, as in netlink.py
 import _struct as struct  # the C module: struct.py only re-exports it (~0.35 M instructions)
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from istio_iptables.kernel import netlink
 from istio_iptables.kernel.netlink import NetlinkError
@@ -142,26 +142,28 @@ def _remove(step: RouteStep, lo_index: int) -> bool:
 def apply_routes(steps: Sequence[RouteStep], added: list[RouteStep]) -> None:
     """Add each missing step, appending it to `added` as soon as it exists, so that a
     failure half-way still tells the rollback what to remove."""
-    lo_index = socket.if_nametoindex("lo")
-    for step in steps:
-        try:
-            if _add(step, lo_index):
-                added.append(step)
-        except OSError as err:
-            raise RouteError(f"{step.describe()} failed: {err.strerror or err}") from None
+    _each(steps, _add, added, "{}")
 
 
 def remove_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:
     """Remove each present step; returns the ones removed.  Safe to repeat."""
-    lo_index = socket.if_nametoindex("lo")
     removed: list[RouteStep] = []
+    _each(steps, _remove, removed, "removing ({})")
+    return removed
+
+
+def _each(steps: Sequence[RouteStep], change: Callable[[RouteStep, int], bool], changed: list[RouteStep],
+          what: str) -> None:
+    """Run `change` on each step in order, appending to `changed` each step it changed
+    (at once: a failure later still leaves the list right); a kernel error stops the
+    loop as a RouteError naming the step (`what` formats its description)."""
+    lo_index = socket.if_nametoindex("lo")
     for step in steps:
         try:
-            if _remove(step, lo_index):
-                removed.append(step)
+            if change(step, lo_index):
+                changed.append(step)
         except OSError as err:
-            raise RouteError(f"removing ({step.describe()}) failed: {err.strerror or err}") from None
-    return removed
+            raise RouteError(f"{what.format(step.describe())} failed: {err.strerror or err}") from None
 
 
 def missing_routes(steps: Sequence[RouteStep]) -> list[RouteStep]:

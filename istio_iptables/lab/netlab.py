@@ -1131,19 +1131,6 @@ class NetLab:
         }  # fmt: skip
         return self._client(ns, params, timeout)
 
-    def udp_query(
-        self,
-        ns: str,
-        dst: str,
-        port: int,
-        payload: bytes = b"ping",
-        uid: int | None = None,
-        gid: int | None = None,
-        timeout: float = 2.0,
-    ) -> bytes | None:
-        """Like :meth:`udp_exchange` but return only the reply bytes (``None`` if none)."""
-        return self.udp_exchange(ns, dst, port, payload, uid=uid, gid=gid, timeout=timeout).reply
-
     def exchange_batch(
         self,
         ns: str,

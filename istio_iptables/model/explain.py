@@ -27,7 +27,7 @@ with the rule named: it never guesses silently.
 
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from istio_iptables.model.config import CaptureConfig
 from istio_iptables.model.constants import FULL_MARK_MASK, ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_PREFIX
@@ -146,30 +146,29 @@ def is_loopback(address: str) -> bool:
 
 def _in_cidr(address: str, cidr: str) -> bool:
     try:
-        net = ipaddress.ip_network(cidr if "/" in cidr else cidr + ("/128" if ":" in cidr else "/32"), strict=False)
-        return _ip(address) in net
+        return _ip(address) in ipaddress.ip_network(cidr, strict=False)  # a bare address is its own /32 or /128
     except ValueError:
         return False
 
 
-def _port_set_hits(spec: str, port: int) -> bool:
+def _port_ranges(spec: str) -> Iterator[tuple[int, int]]:
+    """`80`, `80:90` or a comma list of them (multiport) as (first, last) ranges, one
+    at a time (a hit stops the reading)."""
     for item in spec.split(","):
         low, _, high = item.partition(":")
-        if low.isdigit() and int(low) <= port <= int(high or low):
-            return True
-    return False
+        if low.isdigit():
+            yield int(low), int(high or low)
+
+
+def _port_set_hits(spec: str, port: int) -> bool:
+    return any(low <= port <= high for low, high in _port_ranges(spec))
 
 
 def _ephemeral_hits(spec: str) -> bool | None:
     """Whether a client's ephemeral source port would match `spec`: False when no
     port of the range is listed, True when the whole range is, else unknown."""
     low, high = EPHEMERAL_PORTS
-    covered = 0
-    for item in spec.split(","):
-        a, _, b = item.partition(":")
-        if a.isdigit():
-            start, end = max(int(a), low), min(int(b or a), high)
-            covered += max(0, end - start + 1)
+    covered = sum(max(0, min(last, high) - max(first, low) + 1) for first, last in _port_ranges(spec))
     if covered == 0:
         return False
     return True if covered == high - low + 1 else None
@@ -181,9 +180,21 @@ def _iface_hits(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+def _value_mask(spec: str) -> tuple[int, int]:
+    """`value[/mask]` as numbers: no mask is all 32 bits."""
+    value, _, mask = spec.partition("/")
+    return int(value, 0), int(mask, 0) if mask else FULL_MARK_MASK
+
+
+def _mask_option(opts: Mapping[str, str], name: str) -> int:
+    """CONNMARK's --nfmask / --ctmask, or --mask for both; all 32 bits when absent."""
+    text = opts.get(name, opts.get("--mask", ""))
+    return int(text, 0) if text else FULL_MARK_MASK
+
+
 def _mark_hits(spec: str, value: int) -> bool:
-    want, _, mask = spec.partition("/")
-    return (value & (int(mask, 0) if mask else FULL_MARK_MASK)) == int(want, 0)
+    want, mask = _value_mask(spec)
+    return (value & mask) == want
 
 
 def _owner_hits(spec: str, have: str | None) -> bool | None:
@@ -258,9 +269,9 @@ def _rule_matches(rule: ParsedRule, pkt: _Packet) -> tuple[bool | None, list[str
 
 
 def _xmark(value: int, spec: str, *, xor: bool = True) -> int:
-    want, _, mask_text = spec.partition("/")
-    mask = int(mask_text, 0) if mask_text else FULL_MARK_MASK
-    return (value & ~mask & FULL_MARK_MASK) ^ int(want, 0) if xor else (value & ~mask & FULL_MARK_MASK) | int(want, 0)
+    want, mask = _value_mask(spec)
+    kept = value & ~mask & FULL_MARK_MASK
+    return kept ^ want if xor else kept | want
 
 
 class _Walker:
@@ -282,41 +293,35 @@ class _Walker:
         caller_chain = ""
         for _ in range(100_000):  # bounded: a ruleset with a jump loop is refused by the kernel anyway
             rules = chains[current].rules if current in chains else []
-            if index >= len(rules):
-                if not stack:
-                    self._policy(pkt, table, chain, chains[chain].policy)
-                    return
-                current, index, caller = stack.pop()
-                caller_chain = stack[-1][0] if stack else chain
-                continue
-            rule = rules[index]
-            index += 1
-            matched, unknown = _rule_matches(rule, pkt)
-            note = ""
-            if unknown:
-                note = "cannot evaluate: " + "; ".join(unknown)
-                self.unknowns.append(f"{table} {current}: {rule.text} ({note})")
-            self.path.append(Step(table, current, rule.text, matched, note))
-            if matched is not True or rule.target is None:
-                continue
-            outcome = self._target(pkt, table, current, rule, chains, caller, caller_chain)
-            if outcome == "continue":
-                continue
-            if outcome == "return":
-                if not stack:  # RETURN in a built-in chain: its policy decides
-                    self._policy(pkt, table, chain, chains[chain].policy)
-                    return
-                current, index, caller = stack.pop()
-                caller_chain = stack[-1][0] if stack else chain
-                continue
-            if outcome == "jump":
-                target = str(rule.target)
-                if not rule.goto:
-                    stack.append((current, index, caller))
-                caller, caller_chain = rule, current
-                current, index = target, 0
-                continue
-            return  # a verdict: this table is done with the packet
+            if index < len(rules):
+                rule = rules[index]
+                index += 1
+                matched, unknown = _rule_matches(rule, pkt)
+                note = ""
+                if unknown:
+                    note = "cannot evaluate: " + "; ".join(unknown)
+                    self.unknowns.append(f"{table} {current}: {rule.text} ({note})")
+                self.path.append(Step(table, current, rule.text, matched, note))
+                if matched is not True or rule.target is None:
+                    continue
+                outcome = self._target(pkt, table, current, rule, chains, caller, caller_chain)
+                if outcome == "continue":
+                    continue
+                if outcome == "jump":
+                    if not rule.goto:
+                        stack.append((current, index, caller))
+                    caller, caller_chain = rule, current
+                    current, index = str(rule.target), 0
+                    continue
+                if outcome != "return":
+                    return  # a verdict: this table is done with the packet
+            # The end of the chain, or RETURN: back to the caller; in the built-in chain
+            # the policy decides.
+            if not stack:
+                self._policy(pkt, table, chain, chains[chain].policy)
+                return
+            current, index, caller = stack.pop()
+            caller_chain = stack[-1][0] if stack else chain
         self.unknowns.append(f"{table} {chain}: too many rules walked (a loop?)")
 
     def _policy(self, pkt: _Packet, table: str, chain: str, policy: str) -> None:
@@ -377,8 +382,7 @@ class _Walker:
                     pkt.mark ^= int(value, 0)
             return "continue"
         if target == "CONNMARK":
-            nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")) or "0xffffffff", 0)
-            ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")) or "0xffffffff", 0)
+            nfmask, ctmask = _mask_option(opts, "--nfmask"), _mask_option(opts, "--ctmask")
             if "--save-mark" in opts:
                 pkt.ctmark = (pkt.ctmark & ~ctmask & FULL_MARK_MASK) ^ (pkt.mark & nfmask)
             elif "--restore-mark" in opts:
@@ -428,13 +432,13 @@ class _Walker:
             pkt.oif = self.route(pkt.dst)
 
     def is_local(self, address: str) -> bool:
-        return is_loopback(address) or any(_same(address, a) for a in self.pod.addresses)
+        return is_loopback(address) or any(_same_address(address, a) for a in self.pod.addresses)
 
     def route(self, dst: str) -> str:
         return "lo" if self.is_local(dst) else self.pod.interface
 
 
-def _same(a: str, b: str) -> bool:
+def _same_address(a: str, b: str) -> bool:
     try:
         return _ip(a) == _ip(b)
     except ValueError:
@@ -450,7 +454,7 @@ def default_source(conn: Connection, pod: Pod) -> str | None:
         return None
     if is_loopback(conn.dst):
         return LOOPBACK[conn.family]
-    if any(_same(conn.dst, a) for a in pod.addresses):
+    if any(_same_address(conn.dst, a) for a in pod.addresses):
         return conn.dst
     return next((a for a in pod.addresses if _ip(a).version == conn.family and not is_loopback(a)), None)
 

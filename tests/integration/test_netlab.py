@@ -122,13 +122,13 @@ def test_connection_errors_are_reported_not_raised(lab: NetLab) -> None:
     assert (dropped.ok, dropped.error) == (False, "timeout")
 
 
-def test_udp_query(lab: NetLab) -> None:
+def test_udp_exchange(lab: NetLab) -> None:
     v4 = lab.listen("peer", 5353, udp=True)
     v6 = lab.listen("peer", 5353, family=socket.AF_INET6, udp=True)
 
-    assert lab.udp_query("pod", PEER_IPV4, 5353, b"hello") == b"port=5353\n"
-    assert lab.udp_query("pod", PEER_IPV6, 5353, b"hello6", uid=1337) == b"port=5353\n"
-    assert lab.udp_query("pod", PEER_IPV4, 5354, b"nobody", timeout=0.3) is None
+    assert lab.udp_exchange("pod", PEER_IPV4, 5353, b"hello").reply == b"port=5353\n"
+    assert lab.udp_exchange("pod", PEER_IPV6, 5353, b"hello6", uid=1337).reply == b"port=5353\n"
+    assert lab.udp_exchange("pod", PEER_IPV4, 5354, b"nobody", timeout=0.3).reply is None
 
     hit4, hit6 = v4.wait_for_hit(), v6.wait_for_hit()
     assert (hit4.proto, hit4.data, hit4.peer_addr, hit4.local_addr) == ("udp", b"hello", POD_IPV4, PEER_IPV4)

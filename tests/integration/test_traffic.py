@@ -184,7 +184,7 @@ def test_redirect_dns_sends_udp_queries_to_the_agent(lab: NetLab, tmp_path: Path
     upstream = lab.listen("peer", 53, udp=True)
     applied(lab, "--redirect-dns", "--resolv-conf", str(resolv), "--ipv6", "off")
 
-    reply = lab.udp_query("pod", EXTERNAL_IPV4, 53, b"query", uid=APP_UID)
+    reply = lab.udp_exchange("pod", EXTERNAL_IPV4, 53, b"query", uid=APP_UID).reply
 
     assert reply is not None
     assert agent.wait_for_hit().data == b"query"
