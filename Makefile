@@ -29,10 +29,10 @@ test-unit:          ## tests that need no root
 	@$(BOOTSTRAP) --venv-only
 	$(PYTHON) -m pytest -q -m 'not netns'
 
-lint:               ## ruff and mypy --strict over the package, tests, bench and scripts
+lint:               ## ruff and mypy --strict over the package, tests, bench, scripts and images
 	@$(BOOTSTRAP) --venv-only
-	$(PYTHON) -m ruff check istio_iptables tests bench scripts
-	$(PYTHON) -m mypy istio_iptables tests bench scripts
+	$(PYTHON) -m ruff check istio_iptables tests bench scripts images
+	$(PYTHON) -m mypy istio_iptables tests bench scripts images
 
 demo:               ## scratch pod namespace, standard profile, show the rules and where a connection lands
 	@$(BOOTSTRAP)

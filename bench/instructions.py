@@ -10,7 +10,8 @@ compares the tool with the floor in instructions, per row:
          floor execs the restore, which skips it too, and the tool ends with os._exit),
          plus one iptables-nft-restore --noflush of the text the tool would write
          (re-run rows: plus one iptables-nft-save of the rules in place instead);
-  tool   istio-iptables, plus every program it starts.  valgrind follows its
+  tool   istio-iptables (its console script, as pip writes it and an image runs
+         it), plus every program it starts.  valgrind follows its
          posix_spawn children, but their report would go to the stderr the tool reads
          from them, so every process writes its own log file (--log-file=DIR/%p):
          whatever the tool runs is counted, on exactly its input.
@@ -23,7 +24,7 @@ the 10,000-CIDR row on iptables-nft and on iptables-legacy), `--libiptc` the
 iptables-legacy-restore; python-iptables works in a forked worker, whose counters would
 start with everything the parent ran before the fork, so valgrind dumps the parent's
 counts just before glibc's _Fork and every dump is summed, each instruction counted
-once), `--cni` a CNI ADD (`python -m istio_iptables.cni`, the config on stdin) against
+once), `--cni` a CNI ADD (`istio-iptables-cni`, the config on stdin) against
 the standard floor.
 Run as root after `python3 -m compileall -q istio_iptables` (make bench-instructions
 does both): a stale .pyc would add the compiler's cost to the tool.
@@ -40,6 +41,8 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+
+from runner import console_scripts
 
 REPO = Path(__file__).resolve().parent.parent
 STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
@@ -93,24 +96,24 @@ def counted(ns: Namespace, argv: Sequence[str], stdin: str = "") -> int:
 
 def per_process(logs: Path) -> tuple[int, list[tuple[str, int]]]:
     """From one log per traced process (valgrind --log-file=DIR/%p), in start order: the
-    first Python process's count, and (program, count) for every other process."""
-    own, children = 0, []
+    first process's count (the tool's interpreter), and (program, count) for every other."""
+    own, children = -1, []
     for log in sorted(logs.iterdir(), key=lambda path: int(path.name)):
         text = log.read_text()
         command = _COMMAND.search(text)
         program = Path(command.group(1).split()[0]).name if command else "?"
-        if own == 0 and program.startswith("python"):
+        if own < 0:
             own = collected(text)
         else:
             children.append((program, collected(text)))
-    return own, children
+    return max(own, 0), children
 
 
-def count_tool(python: str, args: Sequence[str], logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
+def count_tool(tool: str, args: Sequence[str], logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
     """The tool's own process and each program it started, in start order."""
     for old in logs.iterdir():
         old.unlink()
-    done = ns.run([*VALGRIND, f"--log-file={logs}/%p", python, "-m", "istio_iptables", *args])
+    done = ns.run([*VALGRIND, f"--log-file={logs}/%p", tool, *args])
     if done.returncode != 0:
         raise SystemExit(f"istio-iptables failed under valgrind:\n{done.stderr[-2000:]}")
     return per_process(logs)
@@ -140,14 +143,14 @@ def cni_add_config(ns: Namespace) -> str:
                        "ips": [{"address": "192.0.2.2/24", "gateway": "192.0.2.1", "interface": 0}]}})
 
 
-def count_cni_add(python: str, logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
+def count_cni_add(plugin: str, logs: Path, ns: Namespace) -> tuple[int, list[tuple[str, int]]]:
     """A CNI ADD driven as a runtime drives it (bare environment, CNI_* variables, the
     config on stdin): the plugin's process and each program it started."""
     for old in logs.iterdir():
         old.unlink()
     env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_NETNS": f"/var/run/netns/{ns.name}",
            "CNI_IFNAME": "eth0", "CNI_CONTAINERID": "bench", "CNI_PATH": "/usr/lib/cni"}
-    done = subprocess.run([*VALGRIND, f"--log-file={logs}/%p", python, "-m", "istio_iptables.cni"],
+    done = subprocess.run([*VALGRIND, f"--log-file={logs}/%p", plugin],
                           input=cni_add_config(ns), text=True, capture_output=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"the CNI ADD failed under valgrind:\n{done.stdout[-1000:]}{done.stderr[-2000:]}")
@@ -190,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             *([("CNI ADD", STANDARD, "cni")] if args.cni else []),
         ]
         python = clean_python(scratch)
+        scripts = console_scripts(python, scratch / "bin")  # the commands as an image runs them
         logs = scratch / "logs"
         logs.mkdir()
         ns = Namespace()
@@ -199,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns.close()
         print("instructions (valgrind callgrind), IPv4, iptables-nft; M = millions")
         print(f"  floor's interpreter: python -c 'import click' (no teardown) {import_click / 1e6:.1f} M")
-        print(f"  {'row':<22} {'floor':>9} {'tool':>9} {'ratio':>6}  tool = python process + the programs it ran")
+        print(f"  {'row':<26} {'floor':>9} {'tool':>9} {'ratio':>6}  tool = python process + the programs it ran")
         for name, flags, floor_kind in rows:
             full = [*flags, "--ipv6", "off"]
             output = ["--output", "nft"] if floor_kind == "nft" else []
@@ -223,17 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         probe.close()
                 children: list[tuple[str, int]] = []
                 if floor_kind == "legacy":  # python-iptables forks a worker: count the tree once
-                    tool_python = count_tree(ns, [python, "-m", "istio_iptables", *full], logs)
+                    tool_python = count_tree(ns, [scripts["istio-iptables"], *full], logs)
                 elif floor_kind == "cni":
-                    tool_python, children = count_cni_add(python, logs, ns)
+                    tool_python, children = count_cni_add(scripts["istio-iptables-cni"], logs, ns)
                 else:
-                    tool_python, children = count_tool(python, full, logs, ns)
+                    tool_python, children = count_tool(scripts["istio-iptables"], full, logs, ns)
             finally:
                 ns.close()
             floor = import_click + floor_child
             tool = tool_python + sum(c for _, c in children)
             parts = " + ".join([f"{tool_python / 1e6:.1f}", *(f"{n} {c / 1e6:.1f}" for n, c in children)])
-            print(f"  {name:<22} {floor / 1e6:8.1f}M {tool / 1e6:8.1f}M {tool / floor:5.2f}x  {parts}")
+            print(f"  {name:<26} {floor / 1e6:8.1f}M {tool / 1e6:8.1f}M {tool / floor:5.2f}x  {parts}")
     print("target: tool / floor <= 1.25x (backend libiptc: <= 1.5x)")
     return 0
 

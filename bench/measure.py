@@ -15,7 +15,7 @@ from typing import Any
 
 from limits import LimitedCgroup
 from rows import FLOOR_CODE, STANDARD, Row, binary, restore_command, shell_script, split_restore, with_flag
-from runner import Runner, Sample, run_quiet
+from runner import Runner, Sample, console_scripts, run_quiet
 
 from istio_iptables.lab.netlab import NetLab
 
@@ -116,9 +116,11 @@ class Bench:
     def __init__(self, runner: Runner, python: str, runs: int, log: Callable[[str], None]) -> None:
         self.runner, self.python, self.runs, self.log = runner, python, runs, log
         self.scratch = runner.scratch
+        self.scripts = console_scripts(python, self.scratch / "bin")
 
     def tool_argv(self, args: Sequence[str]) -> list[str]:
-        return [self.python, "-m", "istio_iptables", *args]
+        """The tool as an image runs it: its console script."""
+        return [self.scripts["istio-iptables"], *args]
 
     def dry_run(self, args: Sequence[str], output: str) -> Sample:
         """The tool's dry run in a fresh pod namespace, so IPv6 detection sees a pod."""
@@ -294,7 +296,7 @@ class Bench:
                     "CNI_IFNAME": lab.pod_if, "CNI_PATH": "/opt/cni/bin"}
 
         result.backend = flavour
-        return Command([self.python, "-m", "istio_iptables.cni"], self.rules_check(result.families, (flavour,)),
+        return Command([self.scripts["istio-iptables-cni"]], self.rules_check(result.families, (flavour,)),
                        stdin=self.scratch / "cni.json", env=env)
 
     # -- under the init container's limits --------------------------------------
@@ -324,9 +326,11 @@ class Bench:
                 script.write_text(shell_script(self.dry_run(args, "commands").stdout, flavour))
                 commands["shell"] = Command(["/bin/sh", str(script)], rules)
             section: dict[str, Any] = {"backend": flavour}
-            for who, command in commands.items():
-                samples: list[dict[str, Any]] = []
-                for _ in range(self.runs):
+            samples: dict[str, list[dict[str, Any]]] = {who: [] for who in commands}
+            # Interleaved, as the rows are: a drift of the machine during the section
+            # then weighs on tool and floor alike.
+            for _ in range(self.runs):
+                for who, command in commands.items():
                     cgroup.reset()
                     before = cgroup.counters()
                     sample = self.measure(command, cgroup=cgroup)
@@ -334,9 +338,10 @@ class Bench:
                     delta = {k: after.get(k, 0) - before.get(k, 0)
                              for k in ("oom_kill", "nr_throttled", "throttled_us")}
                     oom = delta["oom_kill"] > 0 or sample.status == "signal 9"
-                    samples.append({**sample.raw(), **delta, "failcnt": after.get("failcnt", 0),
-                                    "cgroup_peak_mib": round(after.get("peak_bytes", 0) / 2**20, 1), "oom": oom})
-                self.log(f"  limited {name} {who}: " + ", ".join(f"{s['wall_ms']:.0f}" for s in samples) + " ms")
-                section[who] = samples
+                    samples[who].append({**sample.raw(), **delta, "failcnt": after.get("failcnt", 0),
+                                         "cgroup_peak_mib": round(after.get("peak_bytes", 0) / 2**20, 1), "oom": oom})
+            for who, taken in samples.items():
+                self.log(f"  limited {name} {who}: " + ", ".join(f"{s['wall_ms']:.0f}" for s in taken) + " ms")
+                section[who] = taken
             out[name] = section
         return out

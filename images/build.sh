@@ -150,6 +150,7 @@ for f in README.md LICENSE LICENSE.txt NOTICE; do
     [[ -f "$REPO_ROOT/$f" ]] && cp "$REPO_ROOT/$f" "$CTX/src/"
 done
 tar -C "$REPO_ROOT" --exclude='__pycache__' --exclude='*.pyc' -cf - istio_iptables | tar -C "$CTX/src" -xf -
+mkdir -p "$CTX/src/images" && cp "$REPO_ROOT/images/launchers.py" "$CTX/src/images/"
 
 if [[ "${NO_WHEELHOUSE:-0}" != 1 ]]; then
     # Dependencies as published on PyPI (python-iptables is an sdist: it is compiled in
