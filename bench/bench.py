@@ -35,7 +35,7 @@ from limits import LimitedCgroup, remove_stale_cgroups
 from measure import TAG, Bench, Result
 from report import machine, report, targets
 from rows import build_rows
-from runner import REPO, BenchError, Runner, child_env, clean_interpreter, site_hooks
+from runner import REPO, BenchError, Runner, child_env, clean_interpreter, image_interpreter, site_hooks
 
 from istio_iptables.lab.netlab import cleanup_stale_namespaces
 
@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", metavar="TEXT", action="append", default=[],
                    help="only rows whose name contains TEXT (repeatable)")
     p.add_argument("--python", metavar="PATH",
-                   help="interpreter for the tool and the floor, used as is (default: a clean venv of this one)")
+                   help="interpreter for the tool and the floor, used as is (default: a clean venv of the "
+                        "image's interpreter, /usr/bin/python3.X, else of this one)")
     p.add_argument("--no-cgroup", action="store_true", help="skip the 100m/50Mi section")
     p.add_argument("--no-profile", action="store_true", help="skip the profile section")
     args = p.parse_args(argv)
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             python, env = clean_interpreter(scratch), child_env()
             hooks = site_hooks()
-            python_note = (f"venv of {sys.executable} (site-packages via a path-only .pth"
+            python_note = (f"venv of {image_interpreter()}, the image's interpreter when present "
+                           f"(site-packages of {sys.executable} via a path-only .pth"
                            + (f"; start-up code in .pth files skipped: {', '.join(hooks)}" if hooks else "")
                            + "; --python to measure another interpreter)")
         runner = Runner(scratch, env)

@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import console_scripts
+from runner import console_scripts, image_interpreter
 
 REPO = Path(__file__).resolve().parent.parent
 STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
@@ -53,10 +53,11 @@ _COMMAND = re.compile(r"Command: (.+)")
 
 
 def clean_python(scratch: Path) -> str:
-    """A venv of this interpreter whose one .pth only adds paths: this machine's
-    other .pth files run start-up code that a real image would not have."""
+    """A venv of the image's interpreter (runner.image_interpreter) whose one .pth only
+    adds paths: this machine's other .pth files run start-up code that a real image
+    would not have."""
     venv = scratch / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([image_interpreter(), "-m", "venv", "--without-pip", str(venv)], check=True)
     paths = [p for p in sys.path if p.endswith("site-packages")] + [str(REPO)]
     site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (site / "paths.pth").write_text("\n".join(paths) + "\n")
@@ -202,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             ns.close()
         print("instructions (valgrind callgrind), IPv4, iptables-nft; M = millions")
+        print(f"  interpreter: {image_interpreter()} (a venv of it)")
         print(f"  floor's interpreter: python -c 'import click' (no teardown) {import_click / 1e6:.1f} M")
         print(f"  {'row':<26} {'floor':>9} {'tool':>9} {'ratio':>6}  tool = python process + the programs it ran")
         for name, flags, floor_kind in rows:

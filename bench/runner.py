@@ -92,12 +92,23 @@ def site_hooks() -> list[str]:
     return hooks
 
 
+def image_interpreter() -> str:
+    """The interpreter the image ships when this machine has it: Debian's
+    /usr/bin/python3.X of this interpreter's minor version (the image is Debian
+    bookworm's python3).  It matters: its extension modules (_socket, select, _struct)
+    are built in rather than loaded with dlopen, and it runs everything ~20% faster
+    than a self-built interpreter, the floor included.  Else this interpreter."""
+    debian = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    return debian if os.access(debian, os.X_OK) else sys.executable
+
+
 def clean_interpreter(scratch: Path) -> str:
-    """A venv of this interpreter whose only .pth puts the repository and this
-    interpreter's site-packages on sys.path: the packages are all there, but .pth hooks
-    of this machine (which an init-container image does not have) do not run."""
+    """A venv of the image's interpreter (image_interpreter) whose only .pth puts the
+    repository and this interpreter's site-packages on sys.path: the packages are all
+    there, but .pth hooks of this machine (which an init-container image does not
+    have) do not run."""
     venv = scratch / "venv"
-    done = run_quiet([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    done = run_quiet([image_interpreter(), "-m", "venv", "--without-pip", str(venv)])
     if done.returncode != 0:
         raise BenchError(f"cannot create a venv: {done.stderr.strip()}")
     lib = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
