@@ -55,18 +55,18 @@ class nt:  # a namespace, so both twins are named Point
 
 
 class rec:
-    class Point(Record):
-        a: int
-        b: str
-        c: tuple[int, ...] = ()
-        d: int | None = None
-
+    class Point(Record):  # nt.Point's body, methods first: the order of a body is free
         @property
         def total(self) -> int:
             return self.a + sum(self.c)
 
         def describe(self) -> str:
             return f"{self.b}:{self.total}"
+
+        a: int
+        b: str
+        c: tuple[int, ...] = ()
+        d: int | None = None
 
     class Bare(Record):
         x: int
