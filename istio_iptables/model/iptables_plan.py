@@ -89,15 +89,31 @@ class RuleRun(Record):
     def lines(self, values: Sequence[str] | None = None) -> str:
         """`-A chain ...` lines, one per value (default: all), newline-separated, made by
         one str.join: no Python step per rule."""
-        values = self.values if values is None else values
+        return self._joined(("-A", self.chain, *self.before), self.values if values is None else values)
+
+    def specs(self) -> list[str]:
+        """Each rule's spec (what follows `-A chain`), as -save prints nearly all back."""
+        return self._joined(self.before, self.values).split("\n") if self.values else []
+
+    def _joined(self, head: tuple[str, ...], values: Sequence[str]) -> str:
         if not values:
             return ""
-        start = " ".join(("-A", self.chain, *self.before, ""))
+        start = " ".join((*head, ""))
         end = " ".join(("", *self.after))
         return start + (end + "\n" + start).join(values) + end
 
 
 _Part = Rule | RuleRun
+
+
+def expand(parts: Iterable[_Part]) -> list[Rule]:
+    """The single rules of plan parts, runs expanded."""
+    return [rule for part in parts for rule in (part.rules() if isinstance(part, RuleRun) else (part,))]
+
+
+def size(part: _Part) -> int:
+    """How many rules a part holds."""
+    return len(part.values) if isinstance(part, RuleRun) else 1
 
 
 class FamilyPlan:
@@ -116,18 +132,12 @@ class FamilyPlan:
     def rules(self) -> tuple[Rule, ...]:
         """Every rule, runs expanded; built on first use (a fresh apply never needs it)."""
         if self._rules is None:
-            rules: list[Rule] = []
-            for part in self.parts:
-                if isinstance(part, RuleRun):
-                    rules += part.rules()
-                else:
-                    rules.append(part)
-            self._rules = tuple(rules)
+            self._rules = tuple(expand(self.parts))
         return self._rules
 
     def count(self) -> int:
         """How many rules, without expanding the runs."""
-        return sum(len(p.values) if isinstance(p, RuleRun) else 1 for p in self.parts)
+        return sum(map(size, self.parts))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FamilyPlan):

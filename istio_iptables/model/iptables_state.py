@@ -42,7 +42,14 @@ from istio_iptables.model.constants import (
     ISTIO_TPROXY,
     TABLE_ORDER,
 )
-from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Rule, RuleRun
+from istio_iptables.model.iptables_plan import (
+    BUILTIN_CHAINS_AND_VERDICTS,
+    FamilyPlan,
+    Rule,
+    RuleRun,
+    expand,
+    size,
+)
 
 # Every chain any of our plans can create, per table (a test checks every golden case's
 # plan against it).  Nothing of ours lives in filter or security.
@@ -288,11 +295,6 @@ def expected_order(plan: FamilyPlan) -> dict[tuple[str, str], Held]:
     return chains
 
 
-def expand(held: Held) -> list[Rule]:
-    """The single rules of a chain's parts, runs expanded."""
-    return [rule for part in held for rule in (part.rules() if isinstance(part, RuleRun) else (part,))]
-
-
 def rules_at(held: Held, indices: list[int]) -> list[Rule]:
     """The rules at these ascending indices of a chain's parts, runs expanded only there."""
     found: list[Rule] = []
@@ -300,11 +302,11 @@ def rules_at(held: Held, indices: list[int]) -> list[Rule]:
     at = iter(indices)
     index = next(at, None)
     for part in held:
-        size = len(part.values) if isinstance(part, RuleRun) else 1
-        while index is not None and index < offset + size:
+        end = offset + size(part)
+        while index is not None and index < end:
             found += part.rules((part.values[index - offset],)) if isinstance(part, RuleRun) else [part]
             index = next(at, None)
-        offset += size
+        offset = end
     return found
 
 
@@ -314,8 +316,7 @@ def specs(held: Held) -> list[str]:
     found: list[str] = []
     for part in held:
         if isinstance(part, RuleRun):
-            start, end = " ".join((*part.before, "")), " ".join(("", *part.after))
-            found += (start + (end + "\n" + start).join(part.values) + end).split("\n")
+            found += part.specs()
         else:
             found.append(" ".join(part.params))
     return found
