@@ -19,6 +19,8 @@ from istio_iptables.cni import install
 from istio_iptables.cni import protocol as p
 from istio_iptables.cni.protocol import CniError
 
+from .conftest import modules_after
+
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0"}
 
 
@@ -243,14 +245,11 @@ def test_without_cni_command_it_prints_usage() -> None:
 def test_the_add_path_imports_no_heavy_modules() -> None:
     # Everything an ADD imports (the plugin, the applier, the annotation mapping), as in
     # the init path's test in test_model.py: no python-iptables, pyroute2 or yaml.
-    code = ("import sys\n"
-            "import istio_iptables.cni.__main__, istio_iptables.cni.plugin, istio_iptables.cni.protocol\n"
-            "import istio_iptables.apply.run, istio_iptables.apply.iptables, istio_iptables.inject.annotations\n"
-            "import istio_iptables.kernel.netns\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2', 'yaml', 'argparse')]\n"
-            "print(bad)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    loaded = modules_after(
+        "import istio_iptables.cni.__main__, istio_iptables.cni.plugin, istio_iptables.cni.protocol\n"
+        "import istio_iptables.apply.run, istio_iptables.apply.iptables, istio_iptables.inject.annotations\n"
+        "import istio_iptables.kernel.netns")
+    assert [m for m in loaded if m.split(".")[0] in ("iptc", "pyroute2", "yaml", "argparse")] == []
 
 
 # JSON values as a runtime could send them: every type JSON has, any text (escapes,

@@ -12,6 +12,8 @@ from istio_iptables.cli.explain import main as explain_main
 from istio_iptables.model.explain import Connection, Pod, explain
 from istio_iptables.model.iptables_match import RuleSyntaxError, parse_tables
 
+from .conftest import modules_after
+
 POD = Pod(("10.1.2.3",), "eth0")
 
 # iptables-nft-save of the standard profile with TPROXY bits, as the kernel prints it
@@ -234,13 +236,10 @@ def test_help_and_dispatch_through_the_main_command() -> None:
 
 
 def test_init_path_imports_none_of_explain_or_verify() -> None:
-    code = ("import sys\n"
-            "import istio_iptables.cli.main, istio_iptables.apply.run, istio_iptables.apply.iptables\n"
-            "bad = [m for m in sys.modules if m.startswith(('istio_iptables.model.explain', "
-            "'istio_iptables.model.iptables_match', 'istio_iptables.cli.explain', 'istio_iptables.cli.verify', "
-            "'istio_iptables.lab', 'istio_iptables.kernel.live_rules'))]; print(bad)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    loaded = modules_after("import istio_iptables.cli.main, istio_iptables.apply.run, istio_iptables.apply.iptables")
+    assert [m for m in loaded if m.startswith((
+        "istio_iptables.model.explain", "istio_iptables.model.iptables_match", "istio_iptables.cli.explain",
+        "istio_iptables.cli.verify", "istio_iptables.lab", "istio_iptables.kernel.live_rules"))] == []
 
 
 NFT_JSON = json.dumps({"nftables": [

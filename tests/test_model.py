@@ -18,6 +18,8 @@ from istio_iptables.model.hostfacts import HostFacts, ipv6_from_addresses, read_
 from istio_iptables.model.iptables_plan import build_plan
 from istio_iptables.model.iptables_render import restore_text
 
+from .conftest import modules_after
+
 
 def test_cidrs_split_by_family_keep_order_and_host_bits() -> None:
     cidrs = c.parse_cidrs("-i", "10.1.2.3/8,2001:DB8::1/64,127.0.0.1/32", allow_wildcard=True)
@@ -254,18 +256,16 @@ def test_realistic_profiles_log_the_full_save() -> None:
 
 
 def test_fast_path_never_imports_python_iptables_or_pyroute2() -> None:
-    code = ("import sys\n"
-            "from istio_iptables.cli.flags import build_settings\n"
-            "from istio_iptables.model.iptables_plan import build_plan\n"
-            "from istio_iptables.model.hostfacts import HostFacts\n"
-            "from istio_iptables.model.iptables_render import render_restore\n"
-            "s = build_settings({'outbound_cidrs': '*', 'inbound_ports': '*'}, {})\n"
-            "render_restore(build_plan(s.capture, HostFacts(ipv6=True)))\n"
-            "import istio_iptables.cli.main, istio_iptables.apply.run, istio_iptables.apply.iptables\n"
-            "import istio_iptables.apply.system\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('iptc', 'pyroute2')]; print(bad)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    loaded = modules_after(
+        "from istio_iptables.cli.flags import build_settings\n"
+        "from istio_iptables.model.iptables_plan import build_plan\n"
+        "from istio_iptables.model.hostfacts import HostFacts\n"
+        "from istio_iptables.model.iptables_render import render_restore\n"
+        "s = build_settings({'outbound_cidrs': '*', 'inbound_ports': '*'}, {})\n"
+        "render_restore(build_plan(s.capture, HostFacts(ipv6=True)))\n"
+        "import istio_iptables.cli.main, istio_iptables.apply.run, istio_iptables.apply.iptables\n"
+        "import istio_iptables.apply.system")
+    assert [m for m in loaded if m.split(".")[0] in ("iptc", "pyroute2")] == []
 
 
 @pytest.mark.netns

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from hypothesis import strategies as st
 from istio_iptables.cli.main import main
 from istio_iptables.inject import annotations as a
 from istio_iptables.inject.frompod import capture_from_pod
+
+from .conftest import modules_after
 
 DATA = Path(__file__).resolve().parent / "testdata" / "istio-inject"
 ISTIO = json.loads((DATA / "expected.json").read_text())
@@ -486,12 +487,9 @@ def test_from_pod_through_the_one_parser(tmp_path: Path) -> None:
 
 
 def test_neither_yaml_nor_inject_on_the_init_path() -> None:
-    code = ("import sys\nfrom istio_iptables.cli.main import main\n"
-            "main(['--dry-run', '--ipv6', 'off', '-i', '*', '-b', '*'])\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'yaml' or m.startswith('istio_iptables.inject')]\n"
-            "sys.stderr.write(repr(bad))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stderr.strip() == "[]"
+    loaded = modules_after("from istio_iptables.cli.main import main\n"
+                           "main(['--dry-run', '--ipv6', 'off', '-i', '*', '-b', '*'])")
+    assert [m for m in loaded if m.split(".")[0] == "yaml" or m.startswith("istio_iptables.inject")] == []
 
 
 def test_values_istio_init_would_refuse_are_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
