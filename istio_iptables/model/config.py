@@ -217,7 +217,7 @@ def _bulk_v4(raw: str) -> tuple[str, ...] | None:
     if raw.count(",") < _BULK_CIDRS:
         return None
     items = raw.split(",")
-    if raw.translate(_SEPARATORS_ONLY) != ",".join(repeat("/", len(items))):
+    if raw.translate(_SEPARATORS_ONLY) != ("/," * len(items))[:-1]:
         return None
     parts = raw.replace("/", ",").split(",")
     if not set(parts[1::2]) <= _V4_PREFIXES:
