@@ -122,6 +122,10 @@ class Bench:
         """The tool as an image runs it: its console script."""
         return [self.scripts["istio-iptables"], *args]
 
+    def floor_argv(self, pairs: Sequence[str], args: Sequence[str]) -> list[str]:
+        """The floor (rows.FLOOR_CODE) running `pairs`, given the tool's arguments too."""
+        return [self.python, "-c", FLOOR_CODE, *pairs, "--", *args]
+
     def dry_run(self, args: Sequence[str], output: str) -> Sample:
         """The tool's dry run in a fresh pod namespace, so IPv6 detection sees a pod."""
         with fresh_pod() as lab:
@@ -193,14 +197,14 @@ class Bench:
             path = self.scratch / f"restore.{row.slug}.v{family}"
             path.write_text(texts[family])
             floor_pairs += [restore_command(family, flavour), str(path)]
-        floor = Command([self.python, "-c", FLOOR_CODE, *floor_pairs], floor_check)
+        floor = Command(self.floor_argv(floor_pairs, args), floor_check)
 
         if row.kind == "rerun":
             tool = self._rerun_command(row, result, flavour)
             save_pairs: list[str] = []
             for family in result.families:
                 save_pairs += [binary(family, flavour, "save"), "-"]
-            floor = Command([self.python, "-c", FLOOR_CODE, *save_pairs], floor_check, prepare=tool.prepare)
+            floor = Command(self.floor_argv(save_pairs, args), floor_check, prepare=tool.prepare)
             shell = None
         elif row.kind == "cni":
             cni = self._cni_command(row, result, flavour)
@@ -231,7 +235,7 @@ class Bench:
 
         for _ in range(self.runs):
             result.tool.append(self.measure(Command(self.tool_argv(row.args), printed)))
-            result.floor.append(self.measure(Command([self.python, "-c", "import click"])))
+            result.floor.append(self.measure(Command([self.python, "-c", "import click", *row.args])))
         return result
 
     def _native_row(self, row: Row, result: Result) -> Result:
@@ -248,7 +252,7 @@ class Bench:
             return None if has_native_tables(_lab) else "no inet istio-proxy-nat table after the run"
 
         tool = Command(self.tool_argv(row.args), tables)
-        floor = Command([self.python, "-c", FLOOR_CODE, f"nft -f {path}", "-"], tables)
+        floor = Command(self.floor_argv([f"nft -f {path}", "-"], row.args), tables)
         for i in range(self.runs):
             result.tool.append(self.measure(tool))
             result.floor.append(self.measure(floor))
@@ -320,7 +324,7 @@ class Bench:
                 pairs += [restore_command(family, flavour), str(path)]
             rules = self.rules_check(families, (flavour,))
             commands = {"tool": Command(self.tool_argv(args), self.rules_check(families, (flavour,), tproxy)),
-                        "floor": Command([self.python, "-c", FLOOR_CODE, *pairs], rules)}
+                        "floor": Command(self.floor_argv(pairs, args), rules)}
             if not tproxy:
                 script = self.scratch / "shell.limited.sh"
                 script.write_text(shell_script(self.dry_run(args, "commands").stdout, flavour))

@@ -197,7 +197,8 @@ def report(info: dict[str, str], runs: int, results: list[Result], limited: dict
     out += ["", "rules per row:", *notes,
             "  floor: python -c 'import click' exec'ing the row's iptables-restore(s) of the tool's dry-run text;",
             "    re-run rows: exec'ing each family's -save after the same first apply; native: nft -f of the",
-            "    tool's --output nft; dry-run rows: import click alone.",
+            "    tool's --output nft; dry-run rows: import click alone.  Every floor's python is given the",
+            "    tool's arguments (unread): decoding argv is the interpreter's cost for any Python tool.",
             "  shell: the tool's --output commands as a /bin/sh script (one iptables per rule, like "
             "istio-iptables.sh)"]
     out += ["", "under the init container's limits (cpu 100m = 10 ms per 100 ms, memory 50Mi): "
