@@ -14,7 +14,7 @@ survey is still true when the write happens: our chains cannot appear in between
 from __future__ import annotations
 
 from istio_iptables import logs as log
-from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply import ApplyError
 from istio_iptables.apply.final_log import log_final_state
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import iptables_restore as rb

@@ -9,7 +9,7 @@ modes' rules before the shared routes and ::6 go.
 from __future__ import annotations
 
 from istio_iptables import logs as log
-from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply import ApplyError
 from istio_iptables.apply.final_log import log_final_nft
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import netlink

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from istio_iptables import logs as log
-from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply import ApplyError
 from istio_iptables.kernel import iptables_restore
 from istio_iptables.model import hostfacts
 from istio_iptables.model.config import CaptureConfig, ConfigError, RunOptions, is_number

@@ -7,7 +7,7 @@ their rules and must take them back when a later step fails.
 from __future__ import annotations
 
 from istio_iptables import logs as log
-from istio_iptables.apply.errors import ApplyError
+from istio_iptables.apply import ApplyError
 from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import netlink
 from istio_iptables.model.config import CaptureConfig

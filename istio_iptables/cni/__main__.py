@@ -7,7 +7,7 @@ the init path imports, plus json: an ADD runs for every pod creation.
 
 import gc
 
-# Off before anything else is imported, as for the init command (cli/entry.py): a
+# Off before anything else is imported, as for the init command (cli/__init__.py): a
 # plugin process is short-lived and ends with os._exit; the collector's passes during
 # the imports cost ~9 M instructions of every ADD.
 gc.disable()
