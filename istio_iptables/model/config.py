@@ -10,7 +10,6 @@ anything iptables would reject is rejected here, before anything is touched, wit
 import _socket
 import re
 from collections.abc import Sequence
-from itertools import repeat
 
 from istio_iptables.model.constants import (
     INBOUND_CAPTURE_PORT,
@@ -203,29 +202,27 @@ def parse_cidrs(flag: str, raw: str, *, allow_wildcard: bool) -> Cidrs:
 
 _BULK_CIDRS = 64  # from this many CIDRs on, a list of plain IPv4 CIDRs is checked in C-level passes
 _V4_PREFIXES = frozenset(str(n) for n in range(33))
-_SEPARATORS_ONLY = str.maketrans("", "", "0123456789.")
+_OCTETS = frozenset(str(n) for n in range(256))  # as inet_ntop prints them: no leading zeros
+_DIGITS = str.maketrans("", "", "0123456789")
 
 
 def _bulk_v4(raw: str) -> tuple[str, ...] | None:
     """A long list of IPv4 CIDRs each written as inet_ntop prints it, checked with no
-    Python step per item (10,000 CIDRs: about 28 M instructions, against 38 M item by
-    item): dropping digits and dots must leave exactly one '/' per item and the commas
-    between them, so the list splits into address, prefix, address, prefix...; each
-    prefix must be one of "0".."32" and each address pass inet_pton, which takes only
-    canonical dotted quads (no leading zeros, four parts).  None for anything else
-    (IPv6, spaces, empty items, a typo): the per-item path, which names a bad item."""
+    Python step per item (10,000 CIDRs: about 19 M instructions, against 38 M item by
+    item): dropping the digits must leave `.../` per item and the commas between them,
+    so the list splits into four octets and a prefix per item, and every octet must be
+    one of "0".."255" and every prefix one of "0".."32" (what inet_pton and the per-item
+    path accept: no leading zeros, no empty part).  None for anything else (IPv6,
+    spaces, empty items, a typo): the per-item path, which names a bad item."""
     if raw.count(",") < _BULK_CIDRS:
         return None
     items = raw.split(",")
-    if raw.translate(_SEPARATORS_ONLY) != ("/," * len(items))[:-1]:
+    if raw.translate(_DIGITS) != (".../," * len(items))[:-1]:
         return None
-    parts = raw.replace("/", ",").split(",")
-    if not set(parts[1::2]) <= _V4_PREFIXES:
-        return None
-    try:
-        return tuple(items) if all(map(_socket.inet_pton, repeat(_socket.AF_INET), parts[0::2])) else None
-    except OSError:
-        return None
+    numbers = raw.replace("/", ".").replace(",", ".").split(".")
+    prefixes = numbers[4::5]
+    del numbers[4::5]
+    return tuple(items) if set(prefixes) <= _V4_PREFIXES and set(numbers) <= _OCTETS else None
 
 
 def _normalize_cidr(item: str) -> tuple[int, str]:
