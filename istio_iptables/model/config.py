@@ -201,8 +201,6 @@ def parse_cidrs(flag: str, raw: str, *, allow_wildcard: bool) -> Cidrs:
 
 
 _BULK_CIDRS = 64  # from this many CIDRs on, a list of plain IPv4 CIDRs is checked in C-level passes
-_V4_PREFIXES = frozenset(str(n) for n in range(33))
-_OCTETS = frozenset(str(n) for n in range(256))  # as inet_ntop prints them: no leading zeros
 _DIGITS = str.maketrans("", "", "0123456789")
 
 
@@ -222,7 +220,10 @@ def _bulk_v4(raw: str) -> tuple[str, ...] | None:
     numbers = raw.replace("/", ".").replace(",", ".").split(".")
     prefixes = numbers[4::5]
     del numbers[4::5]
-    return tuple(items) if set(prefixes) <= _V4_PREFIXES and set(numbers) <= _OCTETS else None
+    # The canonical spellings, made here: the usual short lists never need them.
+    if set(prefixes) <= set(map(str, range(33))) and set(numbers) <= set(map(str, range(256))):
+        return tuple(items)
+    return None
 
 
 def _normalize_cidr(item: str) -> tuple[int, str]:
