@@ -332,6 +332,33 @@ def test_an_identical_rerun_with_a_big_list_runs_no_restore(lab: NetLab, tmp_pat
     assert not log.exists(), log.read_text()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", ["one CIDR deleted", "a foreign rule in the middle", "two CIDRs swapped"])
+def test_a_big_list_changed_in_the_middle_is_drift_on_a_rerun(lab: NetLab, backend: str, change: str) -> None:
+    """A re-run compares a 3,000-CIDR run with -save's text in one piece; a change deep
+    inside it must still be found (and nothing written without --reconcile)."""
+    cidrs = [f"10.{i // 250}.{i % 250}.0/24" for i in range(3000)]
+    flags = (*STANDARD, "--ipv6", "off", "--force-iptables-binary", backend, "-x", ",".join(cidrs))
+    applied(lab, *flags)
+    iptables = f"iptables-{backend}"
+    if change == "one CIDR deleted":
+        lab.run("pod", iptables, "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", cidrs[1500], "-j", "RETURN")
+    elif change == "a foreign rule in the middle":
+        position = str(1500 + 5)  # past the rules before the -x run, inside it
+        lab.run("pod", iptables, "-t", "nat", "-I", "ISTIO_OUTPUT", position, "-d", "192.0.2.9/32", "-j", "RETURN")
+    else:
+        lab.run("pod", iptables, "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", cidrs[1500], "-j", "RETURN")
+        position = str(1500 + 5 + 1)
+        lab.run("pod", iptables, "-t", "nat", "-I", "ISTIO_OUTPUT", position, "-d", cidrs[1500], "-j", "RETURN")
+    before = saved(lab, backend=backend)
+
+    rerun = istio(lab, *flags)
+
+    assert rerun.returncode == 1, rerun.stderr
+    assert "differ from this plan" in rerun.stderr and "nat/ISTIO_OUTPUT" in rerun.stderr
+    assert saved(lab, backend=backend) == before
+
+
 # --- 10. after a failed run, nft list ruleset is byte-identical ---------------------------------
 
 @pytest.mark.parametrize("failure", ["::6 refused", "iptables restore refused"])
