@@ -280,3 +280,57 @@ def test_native_nftables_dry_run_prints_istio_nft_ruleset(capsys: pytest.Capture
     assert "add rule inet istio-proxy-nat istio-output counter jump istio-redirect" in nft
     assert main(["-n", "--ipv6", "off", "--output", "nft", *STANDARD]) == 0
     assert capsys.readouterr().out.splitlines() == nft
+
+
+_NAMES = [name for o in OPTIONS for name in (o.long, o.short, f"--no-{o.long[2:]}" if o.is_flag else None) if name]
+_TOKEN = st.one_of(
+    st.sampled_from(_NAMES),
+    st.builds(lambda name, value: f"{name}={value}", st.sampled_from(_NAMES), st.sampled_from(["1", "", "x", "-p"])),
+    st.builds(lambda letters: "-" + "".join(letters),  # clustered and attached short options
+              st.lists(st.sampled_from([o.short[1] for o in OPTIONS if o.short] + ["9", "Q"]), min_size=1, max_size=3)),
+    st.sampled_from(["15001", "*", "", "-", "--", "clean", "--bogus", "-y", "10.0.0.0/8"]),
+)
+
+
+@given(st.lists(_TOKEN, max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_click_given_only_the_named_options_reads_any_argv_as_with_all_of_them(argv: list[str]) -> None:
+    """click builds only the options an argv names (flags.named_options); whatever the
+    argv, the values it returns and the errors it raises must be those of the full
+    table (an unknown flag: the same name; other usage errors: the same words)."""
+    import click
+
+    from istio_iptables.cli.flags import add_options, named_options, normalize_argv
+    from istio_iptables.model.config import ConfigError
+
+    def parse(only: frozenset[str] | None) -> object:
+        given: dict[str, object] = {}
+
+        @click.command(add_help_option=False)
+        @click.argument("action", required=False)
+        def collect(action: str | None, **values: object) -> None:
+            given.update({k: v for k, v in values.items() if v is not None}, action=action)
+
+        try:
+            add_options(collect, only=only).main(args=args, standalone_mode=False)
+        except click.exceptions.NoSuchOption as err:
+            return ("unknown", err.option_name)
+        except click.UsageError as err:
+            return ("usage", err.format_message())
+        return given
+
+    try:
+        args = normalize_argv(argv)
+    except ConfigError:  # a Go-style --flag=value that is not a boolean: refused before click
+        return
+    assert parse(named_options(args)) == parse(None)
+
+
+def test_an_init_containers_argv_names_eight_options_and_help_names_all() -> None:
+    from istio_iptables.cli.flags import named_options, normalize_argv
+
+    assert named_options(normalize_argv(STANDARD)) == {
+        "envoy_port", "inbound_capture_port", "proxy_uid", "mode", "outbound_cidrs", "outbound_exclude_cidrs",
+        "inbound_ports", "inbound_exclude_ports"}
+    assert named_options(normalize_argv([*STANDARD, "--help"])) is None
+    assert named_options(normalize_argv(["-nh"])) is None

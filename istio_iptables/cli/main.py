@@ -8,7 +8,7 @@ refused (namespace as before), 2 bad input (one line on stderr, nothing touched)
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import click
@@ -18,6 +18,7 @@ from istio_iptables.cli.flags import (
     add_options,
     build_settings,
     help_option,
+    named_options,
     normalize_argv,
     wants_json_logs,
     with_pod_flags,
@@ -64,11 +65,10 @@ def _dry_run(settings: Settings) -> int:
 
 
 
-def make_command(name: str, cleanup: bool, env: Mapping[str, str] | None = None) -> click.Command:
-    @click.command(name=name, add_help_option=False, context_settings={"max_content_width": 110})
-    @click.argument("action", required=False, metavar="[clean]")
-    @add_options
-    @help_option
+def make_command(name: str, cleanup: bool, env: Mapping[str, str] | None = None,
+                 only: Collection[str] | None = None) -> click.Command:
+    """The command, with every Istio flag or `only` those (flags.named_options)."""
+
     def command(action: str | None, **given: Any) -> None:
         """Write Istio's sidecar traffic-capture rules (istio-init) into this network
         namespace: inbound TCP to the capture port, outbound TCP to the proxy port,
@@ -84,7 +84,9 @@ def make_command(name: str, cleanup: bool, env: Mapping[str, str] | None = None)
         settings = build_settings(given, os.environ if env is None else env, cleanup=cleanup or action == "clean")
         raise SystemExit(_run(settings))
 
-    return command
+    decorated = add_options(help_option(command), only=only)
+    decorated = click.argument("action", required=False, metavar="[clean]")(decorated)
+    return click.command(name=name, add_help_option=False, context_settings={"max_content_width": 110})(decorated)
 
 
 def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
@@ -101,7 +103,7 @@ def _main(name: str, cleanup: bool, argv: Sequence[str] | None) -> int:
     try:
         given, env = with_pod_flags(given, os.environ)
         args = normalize_argv(given)
-        make_command(name, cleanup, env).main(args=args, prog_name=name, standalone_mode=False)
+        make_command(name, cleanup, env, named_options(args)).main(args=args, prog_name=name, standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
     except (ConfigError, HostFactsError) as err:
