@@ -329,8 +329,8 @@ def test_click_given_only_the_named_options_reads_any_argv_as_with_all_of_them(a
 def test_an_init_containers_argv_names_eight_options_and_help_names_all() -> None:
     from istio_iptables.cli.flags import named_options, normalize_argv
 
-    assert named_options(normalize_argv(STANDARD)) == {
+    assert named_options(normalize_argv(STANDARD)) == frozenset({
         "envoy_port", "inbound_capture_port", "proxy_uid", "mode", "outbound_cidrs", "outbound_exclude_cidrs",
-        "inbound_ports", "inbound_exclude_ports"}
+        "inbound_ports", "inbound_exclude_ports"})
     assert named_options(normalize_argv([*STANDARD, "--help"])) is None
     assert named_options(normalize_argv(["-nh"])) is None
