@@ -15,6 +15,7 @@ from istio_iptables.model import config as c
 from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, ConfigError
 from istio_iptables.model.hostfacts import HostFacts, ipv6_from_addresses, read_nameservers
+from istio_iptables.model.iptables_dump import parse_save
 from istio_iptables.model.iptables_plan import build_plan
 from istio_iptables.model.iptables_render import restore_text
 
@@ -102,14 +103,14 @@ COMMIT
 
 
 def test_cleanup_removes_hooks_and_istio_chains_only() -> None:
-    current = state.parse_save(SAVED)
+    current = parse_save(SAVED)
     lines = state.cleanup_lines(current, [])
     assert lines == {"nat": ["-D OUTPUT -j ISTIO_OUTPUT", "-F ISTIO_OUTPUT", "-F ISTIO_REDIRECT",
                              "-X ISTIO_OUTPUT", "-X ISTIO_REDIRECT"]}
 
 
 def test_structural_differences_spot_extra_and_missing_rules() -> None:
-    current = state.parse_save(SAVED)
+    current = parse_save(SAVED)
     plan = build_plan(CaptureConfig(), HostFacts()).v4
     diffs = state.Comparison(plan, current).differences()
     assert any("ISTIO_INBOUND missing" in d for d in diffs)
@@ -118,7 +119,7 @@ def test_structural_differences_spot_extra_and_missing_rules() -> None:
 
 def test_merge_puts_cleanup_and_new_rules_of_a_table_in_one_commit() -> None:
     plan = build_plan(CaptureConfig(), HostFacts()).v4
-    text = state.merge_restore(state.cleanup_lines(state.parse_save(SAVED), []), restore_text(plan))
+    text = state.merge_restore(state.cleanup_lines(parse_save(SAVED), []), restore_text(plan))
     assert text.count("*nat") == 1 and text.count("COMMIT") == 1
     assert text.index("-X ISTIO_OUTPUT") < text.index("-N ISTIO_OUTPUT")
 
@@ -185,25 +186,25 @@ def test_order_of_our_rules_is_compared() -> None:
     cfg = c.CaptureConfig(proxy_uids=("1337", "1338"))
     plan = build_plan(cfg, HostFacts()).v4
     swapped = build_plan(cfg._replace(proxy_uids=("1338", "1337")), HostFacts()).v4
-    current = state.parse_save(_as_save(restore_text(plan)))
+    current = parse_save(_as_save(restore_text(plan)))
     assert state.Comparison(plan, current).differences() == []
     assert any("another order" in d for d in state.Comparison(swapped, current).differences())
 
 
 def test_a_foreign_istio_named_chain_is_not_ours() -> None:
-    current = state.parse_save("*filter\n:ISTIO_AUDIT - [0:0]\n:INPUT ACCEPT [0:0]\n-A INPUT -j ISTIO_AUDIT\nCOMMIT\n")
+    current = parse_save("*filter\n:ISTIO_AUDIT - [0:0]\n:INPUT ACCEPT [0:0]\n-A INPUT -j ISTIO_AUDIT\nCOMMIT\n")
     assert not current.has_ours()
     assert state.cleanup_lines(current, []) == {}
 
 
 def test_rollback_deletes_what_the_run_wrote_and_keeps_a_rule_added_meanwhile() -> None:
     plan = build_plan(CaptureConfig(), HostFacts()).v4
-    before = state.parse_save(SAVED)
+    before = parse_save(SAVED)
     written = SAVED.replace("-A OUTPUT -j ISTIO_OUTPUT\n",
                             "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -d 192.0.2.9/32 -j RETURN\n")
     written = written.replace(":MINE - [0:0]\n", ":MINE - [0:0]\n:ISTIO_INBOUND - [0:0]\n")
     written = written.replace("COMMIT", "-A PREROUTING -p tcp -j ISTIO_INBOUND\nCOMMIT")
-    text = state.rollback_text(plan, before, state.parse_save(written))
+    text = state.rollback_text(plan, before, parse_save(written))
     assert "-D PREROUTING -p tcp -j ISTIO_INBOUND" in text and "-X ISTIO_INBOUND" in text
     assert "192.0.2.9" not in text and "9999" not in text and "MINE" not in text
     assert "-I OUTPUT 2 -j ISTIO_OUTPUT" in text  # the hook goes back where it was
@@ -312,7 +313,7 @@ def test_usual_pod_apply_imports_only_what_it_uses(mode: list[str]) -> None:
                 if line.startswith("import time:") and "|" in line]
     assert "istio_iptables.kernel.nslock" in imported  # the write did run in this process
     unused = {"json", "grp", "struct", "encodings.ascii", "istio_iptables.apply.system",
-              "istio_iptables.kernel.nft_refusal"}
+              "istio_iptables.kernel.nft_refusal", "istio_iptables.model.iptables_state"}
     assert [m for m in imported if m in unused] == []
 
 def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -525,20 +526,20 @@ def test_comparing_runs_as_text_finds_what_rule_by_rule_comparison_finds(parts: 
     plan = FamilyPlan(4, parts)  # type: ignore[arg-type]
     expanded = FamilyPlan(4, plan.rules)
     save = _kernel_save(expanded)
-    in_sync = state.parse_save(save)
+    in_sync = parse_save(save)
     assert state.Comparison(plan, in_sync).differences() == []
     for (table, chain), held in state.expected_order(plan).items():  # the text path decides, not the keys
         if chain.startswith("ISTIO_"):
             assert state.specs(held) == in_sync.table(table).rules_in(chain)
     respelled = save.replace("-p tcp --dport", "-p tcp -m tcp --dport")  # as -save prints them
-    assert state.Comparison(plan, state.parse_save(respelled)).differences() == []
+    assert state.Comparison(plan, parse_save(respelled)).differences() == []
     rule_lines = [i for i, line in enumerate(save.splitlines()) if line.startswith("-A ")]
     lines = respelled.splitlines()
     changed = data.draw(st.sampled_from(rule_lines))
     lines[changed] = lines[changed].replace(" -j ", " -m comment --comment changed -j ")
     if data.draw(st.booleans()):
         del lines[data.draw(st.sampled_from(rule_lines))]
-    now = state.parse_save("\n".join(lines) + "\n")
+    now = parse_save("\n".join(lines) + "\n")
     found = state.Comparison(plan, now).differences()
     assert found == state.Comparison(expanded, now).differences()
     assert found
@@ -572,7 +573,7 @@ def test_a_dump_that_interleaves_chains_gets_the_verdict_of_the_same_rules_group
             if not queues[chain]:
                 del queues[chain]
         mixed.append(line)
-    grouped, interleaved = state.parse_save("\n".join(lines) + "\n"), state.parse_save("\n".join(mixed))
+    grouped, interleaved = parse_save("\n".join(lines) + "\n"), parse_save("\n".join(mixed))
     assert state.Comparison(plan, interleaved).differences() == state.Comparison(plan, grouped).differences()
     for name, table in grouped.tables.items():
         assert {c: table.rules_in(c) for c in table.rule_chains()} == \
@@ -605,7 +606,7 @@ def test_parse_save_reads_every_rule_of_every_chain_in_order(
         table = expected.setdefault(name, {})
         for chain, spec in rules:
             table.setdefault(chain, []).append(spec)
-    parsed = state.parse_save("\n".join(text) + "\n")
+    parsed = parse_save("\n".join(text) + "\n")
     assert {name: {c: t.rules_in(c) for c in t.rule_chains()} for name, t in parsed.tables.items()} == \
            {name: rules for name, rules in expected.items()}
     for name, table in expected.items():

@@ -13,6 +13,8 @@ survey is still true when the write happens: our chains cannot appear in between
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from istio_iptables import logs as log
 from istio_iptables.apply import ApplyError
 from istio_iptables.apply.final_log import log_final_state
@@ -20,9 +22,12 @@ from istio_iptables.apply.undo import Undo
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import netlink
 from istio_iptables.model import iptables_render
-from istio_iptables.model import iptables_state as state
 from istio_iptables.model.config import CaptureConfig, RunOptions
+from istio_iptables.model.iptables_dump import IptablesState, parse_save
 from istio_iptables.model.iptables_plan import BUILTIN_CHAINS_AND_VERDICTS, FamilyPlan, Plan, Rule
+
+if TYPE_CHECKING:
+    from istio_iptables.model import iptables_state as state
 
 FLAVOURS = ("legacy", "nft")
 
@@ -32,12 +37,12 @@ class FamilyWork:
     plan, and the decision."""
 
     def __init__(self, binary: rb.Binary, before: str, plan: FamilyPlan, resolve: state.Resolver,
-                 parsed: state.IptablesState | None = None,
-                 others: dict[str, state.IptablesState] | None = None) -> None:
+                 parsed: IptablesState | None = None,
+                 others: dict[str, IptablesState] | None = None) -> None:
         self.family = binary.family
         self.binary = binary
         self.before = before
-        self.current = parsed if parsed is not None else state.parse_save(before)
+        self.current = parsed if parsed is not None else parse_save(before)
         self.others = others or {}  # the survey's parsed dumps of the other flavours
         self.plan = plan
         self.resolve = resolve
@@ -65,8 +70,11 @@ class FamilyWork:
 
     @property
     def comparison(self) -> state.Comparison:
-        """The plan set against the survey; built on first use (a fresh apply needs none)."""
+        """The plan set against the survey; built on first use (a fresh apply needs none,
+        nor imports iptables_state: ~0.5 M instructions of every pod start)."""
         if self._comparison is None:
+            from istio_iptables.model import iptables_state as state
+
             self._comparison = state.Comparison(self.plan, self.current, self.resolve)
         return self._comparison
 
@@ -195,7 +203,7 @@ def _survey_family(plan: FamilyPlan, forced: str, cleanup_only: bool, resolve: s
         text = rb.dump(rb.Binary(family, flavour))
         if text is not None:
             dumps[flavour] = text
-    parsed = {f: state.parse_save(text) for f, text in dumps.items()}
+    parsed = {f: parse_save(text) for f, text in dumps.items()}
     holders = [f for f, current in parsed.items() if current.has_ours()]
     if forced:
         binary = rb.Binary(family, forced)
@@ -260,6 +268,8 @@ def decide(work: FamilyWork, run: RunOptions) -> None:
             work.action = "replace" if run.force_apply else "in-sync"
             work.reason = "already in place" if work.action == "in-sync" else "--force-apply"
     if work.action == "replace":
+        from istio_iptables.model import iptables_state as state
+
         work.non_hooks = work.comparison.non_hooks_present()
         work.text = state.merge_restore(state.cleanup_lines(work.current, work.non_hooks),
                                         iptables_render.restore_text(work.plan))
@@ -269,6 +279,8 @@ def decide(work: FamilyWork, run: RunOptions) -> None:
 
 def prepare_cleanup(work: FamilyWork) -> None:
     """Remove every hook and chain of ours, and the plan's rules in built-in chains."""
+    from istio_iptables.model import iptables_state as state
+
     work.non_hooks = work.comparison.non_hooks_present()
     work.action = "clean" if work.current.has_ours() or work.non_hooks else "none"
     if work.action == "clean":
@@ -322,9 +334,11 @@ def _roll_back(work: FamilyWork) -> bool:
     """Put our part of this family back as the survey saw it, by inverse operations on
     what differs now (see state.rollback_text), in the tables this run may have written;
     returns whether anything had changed."""
+    from istio_iptables.model import iptables_state as state
+
     if work.committed == ():
         return False  # the restore failed before any commit: nothing of this family was written
-    now = state.parse_save(rb.save(work.binary))
+    now = parse_save(rb.save(work.binary))
     text = state.rollback_text(work.plan, work.current, now, work.resolve, work.committed)
     if text:
         rb.restore(work.binary, text, what="the rollback")
@@ -346,7 +360,7 @@ def _drop_created_nft_objects(work: FamilyWork) -> bool:
     new_tables = set(tables_now) - tables_before
     if not new_chains and not new_tables:
         return False
-    saved = state.parse_save(rb.save(work.binary))
+    saved = parse_save(rb.save(work.binary))
     doomed = {(t, c) for t, c in new_chains
               if c in BUILTIN_CHAINS_AND_VERDICTS and not saved.table(t).rules_in(c)}
     family = "ip" if work.family == 4 else "ip6"

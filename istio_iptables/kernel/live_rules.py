@@ -13,7 +13,7 @@ import socket
 from istio_iptables.kernel import iptables_restore as rb
 from istio_iptables.kernel import spawn
 from istio_iptables.kernel.netlink import interface_addresses
-from istio_iptables.model.iptables_state import IptablesState, parse_save
+from istio_iptables.model.iptables_dump import IptablesState, parse_save
 from istio_iptables.model.nft_plan import TABLES as NATIVE_TABLES
 from istio_iptables.model.policy_routing import Routing
 from istio_iptables.model.record import Record

@@ -14,6 +14,7 @@ import pytest
 
 from istio_iptables.lab.netlab import NetLab
 from istio_iptables.model import iptables_state as state
+from istio_iptables.model.iptables_dump import parse_save
 from istio_iptables.model.iptables_plan import Plan, build_plan
 from istio_iptables.model.iptables_render import restore_text
 from tests.test_nft_golden import CASES, capture_config, host_facts
@@ -285,12 +286,12 @@ def test_every_golden_plan_compares_equal_to_what_save_prints(lab: NetLab, backe
         for family_plan in plan.families:
             base = f"{'iptables' if family_plan.family == 4 else 'ip6tables'}-{backend}"
             lab.run("pod", f"{base}-restore", "--noflush", input=_with_ids(restore_text(family_plan), ids))
-            current = state.parse_save(lab.run("pod", f"{base}-save").stdout)
+            current = parse_save(lab.run("pod", f"{base}-save").stdout)
             comparison = state.Comparison(family_plan, current, _resolver(ids))
             assert comparison.differences() == [], (name, family_plan.family)
             clean = state.merge_restore(state.cleanup_lines(current, comparison.non_hooks_present()), "")
             lab.run("pod", f"{base}-restore", "--noflush", input=clean)
-            assert not state.parse_save(lab.run("pod", f"{base}-save").stdout).has_rules(), name
+            assert not parse_save(lab.run("pod", f"{base}-save").stdout).has_rules(), name
 
 
 # --- 8. a foreign ISTIO_-named chain is not ours ------------------------------------------
