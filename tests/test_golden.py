@@ -61,3 +61,20 @@ def test_dry_run_matches_istio_golden(name: str, tmp_path: Path, monkeypatch: py
     out = capsys.readouterr().out
     ours = [line for line in out.splitlines() if not line.startswith("#")]
     assert ours == golden_restore_lines(name)
+
+
+def test_every_chain_istio_creates_is_one_we_call_ours() -> None:
+    """OUR_CHAINS decides what a cleanup removes and what a re-run compares: every chain
+    Istio's golden outputs create must be in it, in the table it is created in."""
+    from istio_iptables.model.constants import OUR_CHAINS
+
+    created: set[tuple[str, str]] = set()
+    for name in IPTABLES_CASES:
+        table = ""
+        for line in golden_restore_lines(name):
+            if line.startswith("*"):
+                table = line[1:].strip()
+            elif line.startswith("-N "):
+                created.add((table, line.split()[1]))
+    assert {"nat", "mangle", "raw"} <= {table for table, _ in created}  # the goldens do cover every table
+    assert {(table, chain) for table, chain in created if chain not in OUR_CHAINS.get(table, ())} == set()

@@ -40,6 +40,14 @@ ISTIO_TPROXY = "ISTIO_TPROXY"
 ISTIO_REDIRECT = "ISTIO_REDIRECT"
 ISTIO_IN_REDIRECT = "ISTIO_IN_REDIRECT"
 ISTIO_DROP = "ISTIO_DROP"
+# Every chain any of our plans can create, per table: what a cleanup removes and a re-run
+# compares (tests/test_golden.py holds every chain Istio's golden outputs create to it).
+# Nothing of ours lives in filter or security; ISTIO_OUTPUT in filter is someone else's.
+OUR_CHAINS: dict[str, frozenset[str]] = {
+    "nat": frozenset({ISTIO_INBOUND, ISTIO_REDIRECT, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS}),
+    "mangle": frozenset({ISTIO_INBOUND, ISTIO_DIVERT, ISTIO_TPROXY, ISTIO_DROP}),
+    "raw": frozenset({ISTIO_INBOUND, ISTIO_OUTPUT_DNS}),
+}
 # Sorted, as Istio sorts the table names of a restore file.
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")
 # A 32-bit mark or mask with every bit set: the mask iptables assumes when none is given.

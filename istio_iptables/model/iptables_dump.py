@@ -15,24 +15,8 @@ from collections.abc import Callable
 from itertools import groupby
 from operator import itemgetter
 
-from istio_iptables.model.constants import (
-    ISTIO_DIVERT,
-    ISTIO_DROP,
-    ISTIO_IN_REDIRECT,
-    ISTIO_INBOUND,
-    ISTIO_OUTPUT,
-    ISTIO_OUTPUT_DNS,
-    ISTIO_REDIRECT,
-    ISTIO_TPROXY,
-)
+from istio_iptables.model.constants import OUR_CHAINS
 
-# Every chain any of our plans can create, per table (a test checks every golden case's
-# plan against it).  Nothing of ours lives in filter or security.
-OUR_CHAINS: dict[str, frozenset[str]] = {
-    "nat": frozenset({ISTIO_INBOUND, ISTIO_REDIRECT, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS}),
-    "mangle": frozenset({ISTIO_INBOUND, ISTIO_DIVERT, ISTIO_TPROXY, ISTIO_DROP}),
-    "raw": frozenset({ISTIO_INBOUND, ISTIO_OUTPUT_DNS}),
-}
 NONE_OURS: frozenset[str] = frozenset()
 
 

@@ -32,9 +32,10 @@ from itertools import compress
 
 from istio_iptables.model.constants import (
     FULL_MARK_MASK,
+    OUR_CHAINS,
     TABLE_ORDER,
 )
-from istio_iptables.model.iptables_dump import NONE_OURS, OUR_CHAINS, IptablesState, TableState
+from istio_iptables.model.iptables_dump import NONE_OURS, IptablesState, TableState
 from istio_iptables.model.iptables_plan import (
     BUILTIN_CHAINS_AND_VERDICTS,
     FamilyPlan,
