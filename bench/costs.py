@@ -11,10 +11,11 @@ from typing import Any
 from measure import Bench, fresh_pod
 from rows import STANDARD
 
-# The tool as `-m` runs it, reporting its own CPU apart from its children's.
-# The tool leaves with os._exit (no atexit), so the report wraps os._exit.
+# The tool as its console script runs it (the entry point, not runpy's `-m`), reporting
+# its own CPU apart from its children's.  The tool leaves with os._exit (no atexit), so
+# the report wraps os._exit.
 SPLIT_CODE = """\
-import os, resource, runpy, sys
+import os, resource, sys
 _exit = os._exit
 def _report(status):
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -22,8 +23,8 @@ def _report(status):
     sys.stderr.flush()
     _exit(status)
 os._exit = _report
-sys.argv[0] = "istio_iptables"
-runpy.run_module("istio_iptables", run_name="__main__", alter_sys=True)
+from istio_iptables.cli import entry
+entry()
 """
 
 
@@ -76,7 +77,8 @@ def profile(bench: Bench) -> dict[str, Any]:
             totals.append(total)
         return statistics.median(totals) / 1000, {k: statistics.median(v) / 1000 for k, v in selfs.items()}
 
-    tool_total, tool_mods = import_selfs([bench.python, "-X", "importtime", "-m", "istio_iptables", *STANDARD])
+    # The console script under -X importtime: `-m` would add runpy's own imports.
+    tool_total, tool_mods = import_selfs([bench.python, "-X", "importtime", *bench.tool_argv(STANDARD)])
     floor_total, floor_mods = import_selfs([bench.python, "-X", "importtime", "-c", "import click"])
     extra = sorted(((v, k) for k, v in tool_mods.items() if k not in floor_mods), reverse=True)
     out["imports_ms"] = {"tool": round(tool_total, 2), "floor": round(floor_total, 2),
