@@ -420,13 +420,12 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str], *, cleanup: bool = F
     given: dict[str, Any] = {}
     args = normalize_argv(argv)
 
-    @click.command(add_help_option=False)
     def collect(**values: Any) -> None:
         given.update(values)
 
-    collect = add_options(collect, only=named_options(args))
+    command = click.command(add_help_option=False)(add_options(collect, only=named_options(args)))
     try:
-        collect.main(args=args, standalone_mode=False)
+        command.main(args=args, standalone_mode=False)
     except click.exceptions.NoSuchOption as err:
         raise ConfigError("the flags", err.option_name, "unknown flag") from None
     except click.UsageError as err:
