@@ -219,10 +219,7 @@ class Comparison:
         self.family = plan.family
         self.resolve = resolve
         self.expected = expected_order(plan)
-        # Our chains whose -save text matched the plan while the dump was checked.
-        self._in_sync: set[tuple[str, str]] = set()
-        for current in state.tables.values():
-            self._check(current)
+        self.planned = set(plan.chains())  # (table, chain) of ours the plan creates
         # The plan's non-jump rules in built-in chains, by (table, chain): keys only.
         self.builtin_keys: dict[tuple[str, str], set[Key]] = {}
         self.builtin_texts: dict[tuple[str, str], set[str]] = {}
@@ -233,22 +230,27 @@ class Comparison:
                                                      or r.jump_target in BUILTIN_CHAINS_AND_VERDICTS}
                 self.builtin_texts[(table, chain)] = {" ".join(r.params) for r in rules}
 
-    def _check(self, table: TableState) -> None:
-        """Check the table's stretches (TableState.check), letting each chain of ours
-        whose text is the plan's vouch for itself: the identical re-run's comparison is
-        then the only pass over its 10,000 lines."""
-        planned = set(self.plan.chains())
-        proven: list[str] = []
+    def _same_text(self, table: TableState) -> set[str]:
+        """The planned chains of ours in `table` whose -save text is the plan's, rule by
+        rule in order (_text_in_order), each compared once.  While the table is still
+        unchecked, a match also vouches for its stretch (TableState.check), so the
+        identical re-run never counts its 10,000 lines; a chain the check did not offer
+        (checked already, or printed in more than one stretch) is compared afterwards."""
+        matched: dict[str, bool] = {}
 
-        def proves(chain: str, text: str) -> bool:
-            if (table.name, chain) not in planned or \
-                    not self._text_in_order(self.expected.get((table.name, chain), []), text, chain):
+        def same(chain: str, text: str) -> bool:
+            if (table.name, chain) not in self.planned:
                 return False
-            proven.append(chain)
-            return True
+            matched[chain] = self._text_in_order(self.expected.get((table.name, chain), []), text, chain)
+            return matched[chain]
 
-        if table.check(proves):
-            self._in_sync.update((table.name, chain) for chain in proven)
+        if not table.check(same):
+            matched.clear()  # the table was re-read: what was matched is void
+        for chain in table.our_chains():
+            if chain not in matched and (table.name, chain) in self.planned:
+                text = table.text_of(chain)
+                matched[chain] = text is not None and same(chain, text)
+        return {chain for chain, ok in matched.items() if ok}
 
     def plan_key(self, rule: Rule) -> Key:
         return rule_key(rule.params, self.family, self.resolve)
@@ -311,19 +313,15 @@ class Comparison:
     def differences(self) -> list[str]:
         """Why the kernel's rules of ours differ from the plan (empty: the same, in order)."""
         diffs: list[str] = []
-        planned = {(t, c) for t, c in self.plan.chains()}
+        in_sync = {(t.name, c) for t in self.state.tables.values() for c in self._same_text(t)}
+        planned = self.planned
         present = {(t.name, c) for t in self.state.tables.values() for c in t.our_chains()}
         for table, chain in sorted(planned - present):
             diffs.append(f"chain {chain} missing from table {table}")
         for table, chain in sorted(present - planned):
             diffs.append(f"chain {chain} in table {table} is not in the plan")
-        for table, chain in sorted(planned & present):
-            if (table, chain) in self._in_sync:
-                continue
+        for table, chain in sorted(planned & present - in_sync):
             held, current = self.expected.get((table, chain), []), self.state.table(table)
-            text = current.text_of(chain)
-            if text is not None and self._text_in_order(held, text, chain):
-                continue
             why = self._in_order(f"{table}/{chain}", held, current.rules_in(chain))
             if why:
                 diffs.append(why)
