@@ -268,23 +268,26 @@ def decide(work: FamilyWork, run: RunOptions) -> None:
             work.action = "replace" if run.force_apply else "in-sync"
             work.reason = "already in place" if work.action == "in-sync" else "--force-apply"
     if work.action == "replace":
-        from istio_iptables.model import iptables_state as state
-
         work.non_hooks = work.comparison.non_hooks_present()
-        work.text = state.merge_restore(state.cleanup_lines(work.current, work.non_hooks),
-                                        iptables_render.restore_text(work.plan))
+        work.text = _cleanup_then(work, iptables_render.restore_text(work.plan))
     elif work.action == "apply":
         work.text = iptables_render.restore_text(work.plan)
 
 
 def prepare_cleanup(work: FamilyWork) -> None:
     """Remove every hook and chain of ours, and the plan's rules in built-in chains."""
-    from istio_iptables.model import iptables_state as state
-
     work.non_hooks = work.comparison.non_hooks_present()
     work.action = "clean" if work.current.has_ours() or work.non_hooks else "none"
     if work.action == "clean":
-        work.text = state.merge_restore(state.cleanup_lines(work.current, work.non_hooks), "")
+        work.text = _cleanup_then(work, "")
+
+
+def _cleanup_then(work: FamilyWork, plan_text: str) -> str:
+    """One restore input: the removal of our rules the survey found (work.non_hooks
+    included), then `plan_text`, each table in one commit."""
+    from istio_iptables.model import iptables_state as state
+
+    return state.merge_restore(state.cleanup_lines(work.current, work.non_hooks), plan_text)
 
 
 def iptables_captures(plan: Plan) -> list[FamilyWork]:
@@ -334,10 +337,10 @@ def _roll_back(work: FamilyWork) -> bool:
     """Put our part of this family back as the survey saw it, by inverse operations on
     what differs now (see state.rollback_text), in the tables this run may have written;
     returns whether anything had changed."""
-    from istio_iptables.model import iptables_state as state
-
     if work.committed == ():
         return False  # the restore failed before any commit: nothing of this family was written
+    from istio_iptables.model import iptables_state as state
+
     now = parse_save(rb.save(work.binary))
     text = state.rollback_text(work.plan, work.current, now, work.resolve, work.committed)
     if text:
