@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import console_scripts, image_interpreter
+from runner import clean_interpreter, console_scripts, image_interpreter
 
 REPO = Path(__file__).resolve().parent.parent
 STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
@@ -52,18 +52,6 @@ STANDARD = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", 
 VALGRIND = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null"]
 _COLLECTED = re.compile(r"Collected : ([\d,]+)")
 _COMMAND = re.compile(r"Command: (.+)")
-
-
-def clean_python(scratch: Path) -> str:
-    """A venv of the image's interpreter (runner.image_interpreter) whose one .pth only
-    adds paths: this machine's other .pth files run start-up code that a real image
-    would not have."""
-    venv = scratch / "venv"
-    subprocess.run([image_interpreter(), "-m", "venv", "--without-pip", str(venv)], check=True)
-    paths = [p for p in sys.path if p.endswith("site-packages")] + [str(REPO)]
-    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    (site / "paths.pth").write_text("\n".join(paths) + "\n")
-    return str(venv / "bin" / "python3")
 
 
 def collected(text: str) -> int:
@@ -195,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             *([("backend libiptc", [*STANDARD, "--backend", "libiptc"], "legacy")] if args.libiptc else []),
             *([("CNI ADD", STANDARD, "cni")] if args.cni else []),
         ]
-        python = clean_python(scratch)
+        python = clean_interpreter(scratch)  # the image's interpreter, without this machine's .pth hooks
         scripts = console_scripts(python, scratch / "bin")  # the commands as an image runs them
         logs = scratch / "logs"
         logs.mkdir()
