@@ -194,7 +194,7 @@ def nft_summary(parts: list[NftPart]) -> str:
 
     parts = _nonempty(parts)
     pieces: dict[tuple[str, str], list[Piece]] = {}
-    for part, text in zip(parts, _part_texts(parts), strict=True):
+    for part, text in zip(parts, _part_texts(parts, runs=False), strict=True):
         piece = run_piece(part.values, part.lines) if isinstance(part, NftRun) else rule_piece(text)
         pieces.setdefault((part.table, part.chain), []).append(piece)
     out: list[str] = []
@@ -231,17 +231,18 @@ def _nonempty(parts: list[NftPart]) -> list[NftPart]:
     return [p for p in parts if not isinstance(p, NftRun) or p.values]
 
 
-def _part_texts(parts: list[NftPart]) -> list[str]:
-    """Each part's `add rule` / `insert rule` line (a run: its lines).  nft cannot insert
-    into an empty chain, nor at an index past the chain's end, so such inserts become
-    appends, as Istio does."""
+def _part_texts(parts: list[NftPart], runs: bool = True) -> list[str]:
+    """Each part's `add rule` / `insert rule` line (a run: its lines, or "" without
+    `runs`, for a caller that slices runs itself).  nft cannot insert into an empty
+    chain, nor at an index past the chain's end, so such inserts become appends, as
+    Istio does."""
     count: dict[tuple[str, str], int] = {}
     texts: list[str] = []
     for part in parts:
         key = (part.table, part.chain)
         held = count.get(key, 0)
         if isinstance(part, NftRun):
-            texts.append(part.lines())
+            texts.append(part.lines() if runs else "")
             count[key] = held + len(part.values)
             continue
         where = f"{FAMILY} {part.table} {part.chain}"
