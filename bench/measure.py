@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limits import LimitedCgroup
+from limits import LimitedCgroup, quota_offsets
 from rows import FLOOR_CODE, STANDARD, Row, binary, restore_command, shell_script, split_restore, with_flag
 from runner import Runner, Sample, console_scripts, run_quiet
 
@@ -113,8 +113,10 @@ class Command:
 
 
 class Bench:
-    def __init__(self, runner: Runner, python: str, runs: int, log: Callable[[str], None]) -> None:
+    def __init__(self, runner: Runner, python: str, runs: int, log: Callable[[str], None],
+                 limited_runs: int = 60) -> None:
         self.runner, self.python, self.runs, self.log = runner, python, runs, log
+        self.limited_runs = limited_runs
         self.scratch = runner.scratch
         self.scripts = console_scripts(python, self.scratch / "bin")
 
@@ -132,7 +134,7 @@ class Bench:
             return self.runner.run(self.tool_argv([*args, "--dry-run", "--output", output]),
                                    netns=lab.pod_ns_path, measure=False)
 
-    def measure(self, command: Command, cgroup: LimitedCgroup | None = None) -> Sample:
+    def measure(self, command: Command, cgroup: LimitedCgroup | None = None, burn_ms: float = 0.0) -> Sample:
         with fresh_pod() as lab:
             if command.prepare is not None:
                 problem = command.prepare(lab)
@@ -140,7 +142,7 @@ class Bench:
                     return Sample(False, 0.0, None, 0.0, "setup", problem)
             sample = self.runner.run(command.argv, netns=lab.pod_ns_path, stdin=command.stdin,
                                      cgroup_procs=cgroup.procs if cgroup else (),
-                                     extra_env=command.env(lab) if command.env else None)
+                                     extra_env=command.env(lab) if command.env else None, burn_ms=burn_ms)
             if sample.ok and command.check is not None:
                 problem = command.check(lab, sample)
                 if problem:
@@ -307,7 +309,8 @@ class Bench:
 
     def limited(self, cgroup: LimitedCgroup) -> dict[str, Any]:
         """Standard and TPROXY applies and their floors (and the shell baseline of the
-        standard one) under cpu 100m / memory 50Mi: wall time to ready, OOM kills."""
+        standard one) under cpu 100m / memory 50Mi, over `limited_runs` quota offsets:
+        wall time to ready, OOM kills."""
         out: dict[str, Any] = {}
         cgroup.create()
         for name, args, tproxy in (("standard", STANDARD, False),
@@ -332,12 +335,13 @@ class Bench:
             section: dict[str, Any] = {"backend": flavour}
             samples: dict[str, list[dict[str, Any]]] = {who: [] for who in commands}
             # Interleaved, as the rows are: a drift of the machine during the section
-            # then weighs on tool and floor alike.
-            for _ in range(self.runs):
+            # then weighs on tool and floor alike.  Each round's quota offset is the
+            # same for all three, so their times pair up (limits.py: why offsets).
+            for offset in quota_offsets(self.limited_runs):
                 for who, command in commands.items():
                     cgroup.reset()
                     before = cgroup.counters()
-                    sample = self.measure(command, cgroup=cgroup)
+                    sample = self.measure(command, cgroup=cgroup, burn_ms=offset)
                     after = cgroup.counters()
                     delta = {k: after.get(k, 0) - before.get(k, 0)
                              for k in ("oom_kill", "nr_throttled", "throttled_us")}

@@ -1,5 +1,11 @@
 """Running one measured command: fork, join cgroups, setns, exec under GNU time.
 
+Wall time runs from the exec to the end of the tree: the fork from this (large)
+process and the child's setup are the benchmark's, not the command's.  A run may
+first burn some CPU inside its cgroups (`burn_ms`): the share of the CFS quota that a
+container's runtime spends before the entry point starts (limits.py says why that
+matters).
+
 CPU time is ru_utime + ru_stime of the whole process tree from os.wait4; peak RSS is
 the tree's ru_maxrss as GNU time reports it.  (A child forked from this Python process
 carries this process's RSS until it execs, and Linux keeps that in ru_maxrss; GNU time
@@ -148,8 +154,9 @@ class Runner:
 
     def run(self, argv: Sequence[str], *, netns: str | None, stdin: Path | None = None,
             cgroup_procs: Sequence[Path] = (), measure: bool = True,
-            extra_env: Mapping[str, str] | None = None) -> Sample:
-        """Run `argv` in the namespace at path `netns` (None: this one)."""
+            extra_env: Mapping[str, str] | None = None, burn_ms: float = 0.0) -> Sample:
+        """Run `argv` in the namespace at path `netns` (None: this one), after burning
+        `burn_ms` of CPU in the child once it is in `cgroup_procs`."""
         self.serial += 1
         rss_file = self.scratch / f"rss.{self.serial}"
         program = shutil.which(argv[0], path=self.env["PATH"]) or argv[0]
@@ -160,20 +167,29 @@ class Runner:
         ns_fd = os.open(netns, os.O_RDONLY) if netns else -1
         in_fd = os.open(stdin or os.devnull, os.O_RDONLY)
         with tempfile.TemporaryFile(dir=self.scratch) as out, tempfile.TemporaryFile(dir=self.scratch) as err:
-            started = time.monotonic()
+            # The child holds the write end, closed on exec: this process's read returns
+            # at the exec (or at the child's end, if the exec fails).
+            exec_seen, exec_mark = os.pipe2(os.O_CLOEXEC)
             pid = os.fork()
             if pid == 0:  # child: never returns
-                self._exec(full, env, ns_fd, in_fd, out.fileno(), err.fileno(), cgroup_procs)
+                os.close(exec_seen)
+                self._exec(full, env, ns_fd, in_fd, out.fileno(), err.fileno(), cgroup_procs, burn_ms)
+            os.close(exec_mark)
             os.close(in_fd)
             if ns_fd >= 0:
                 os.close(ns_fd)
+            try:
+                os.read(exec_seen, 1)
+                started = time.monotonic()
+            finally:
+                os.close(exec_seen)
             status, usage = _wait(pid)
             wall = time.monotonic() - started
             out.seek(0)
             err.seek(0)
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
-        cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000
+        cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000 - burn_ms  # the command's own
         code = os.waitstatus_to_exitcode(status)
         rss: float | None = None
         how = f"exit {code}" if code >= 0 else f"signal {-code}"
@@ -193,12 +209,15 @@ class Runner:
 
     @staticmethod
     def _exec(argv: list[str], env: dict[str, str], ns_fd: int, in_fd: int, out_fd: int, err_fd: int,
-              cgroup_procs: Sequence[Path]) -> None:
+              cgroup_procs: Sequence[Path], burn_ms: float) -> None:
         try:
             os.setpgid(0, 0)  # its own group: the parent can end the whole tree by its id
             for procs in cgroup_procs:
                 with open(procs, "w") as handle:
                     handle.write(f"{os.getpid()}\n")
+            until = time.thread_time() + burn_ms / 1000
+            while time.thread_time() < until:
+                pass
             if ns_fd >= 0:
                 _setns(ns_fd)
             os.dup2(in_fd, 0)

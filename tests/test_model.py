@@ -312,7 +312,7 @@ def test_usual_pod_apply_imports_only_what_it_uses(mode: list[str]) -> None:
     imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line]
     assert "istio_iptables.kernel.nslock" in imported  # the write did run in this process
-    unused = {"json", "grp", "struct", "encodings.ascii", "istio_iptables.apply.system",
+    unused = {"json", "grp", "pwd", "struct", "encodings.ascii", "istio_iptables.apply.system",
               "istio_iptables.kernel.nft_refusal", "istio_iptables.model.iptables_state"}
     assert [m for m in imported if m in unused] == []
 

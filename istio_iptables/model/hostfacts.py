@@ -8,7 +8,6 @@ never imports pyroute2.
 
 import _socket
 import os
-import pwd
 import stat
 
 from istio_iptables import logs as log
@@ -110,6 +109,8 @@ def read_nameservers(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def default_proxy_uid(envoy_user: str | None) -> str:
     """Istio's default for -u: the uid of $ENVOY_USER (istio-proxy), else 1337."""
+    import pwd  # only when -u is not given (0.1 M instructions at every start otherwise)
+
     try:
         return str(pwd.getpwnam(envoy_user or "istio-proxy").pw_uid)
     except KeyError:

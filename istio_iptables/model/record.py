@@ -32,9 +32,12 @@ from __future__ import annotations
 import sys
 from collections import _tuplegetter  # type: ignore[attr-defined]  # namedtuple's C getter (or its own fallback)
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-_R = TypeVar("_R", bound="_Record")
+if TYPE_CHECKING:  # annotations only: a TypeVar with a bound costs 0.06 M at import
+    from typing import TypeVar
+
+    _R = TypeVar("_R", bound="_Record")
 _tuple_new = tuple.__new__
 
 # Names a record's body may not define, as typing.NamedTuple refuses them: the
