@@ -114,7 +114,7 @@ class Command:
 
 class Bench:
     def __init__(self, runner: Runner, python: str, runs: int, log: Callable[[str], None],
-                 limited_runs: int = 60) -> None:
+                 limited_runs: int = 100) -> None:
         self.runner, self.python, self.runs, self.log = runner, python, runs, log
         self.limited_runs = limited_runs
         self.scratch = runner.scratch
