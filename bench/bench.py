@@ -53,7 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "image's interpreter, /usr/bin/python3.X, else of this one)")
     p.add_argument("--no-cgroup", action="store_true", help="skip the 100m/50Mi section")
     p.add_argument("--limited-runs", type=int, default=None, metavar="N",
-                   help="runs per command in the 100m/50Mi section, one per quota offset (default 100; 20 with --quick)")
+                   help="runs per command in the 100m/50Mi section, one per quota offset "
+                        "(default 100; 20 with --quick)")
     p.add_argument("--no-profile", action="store_true", help="skip the profile section")
     args = p.parse_args(argv)
     if args.runs is None:

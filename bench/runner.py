@@ -129,13 +129,14 @@ def console_scripts(python: str, folder: Path) -> dict[str, str]:
     `python -m` adds for runpy."""
     import tomllib
 
+    from istio_iptables.cli import launcher
+
     folder.mkdir(parents=True, exist_ok=True)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     paths: dict[str, str] = {}
     for name, target in scripts.items():
-        module, function = target.split(":")
         path = folder / name
-        path.write_text(f"#!{python}\nfrom {module} import {function}\nraise SystemExit({function}())\n")
+        path.write_text(launcher(python, target))
         path.chmod(0o755)
         paths[name] = str(path)
     return paths

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import string
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -334,3 +336,24 @@ def test_an_init_containers_argv_names_eight_options_and_help_names_all() -> Non
         "inbound_ports", "inbound_exclude_ports"})
     assert named_options(normalize_argv([*STANDARD, "--help"])) is None
     assert named_options(normalize_argv(["-nh"])) is None
+
+
+def test_the_image_launcher_runs_the_command_as_python_m_does(tmp_path: Path) -> None:
+    """The console scripts the image installs and the benchmark measures (cli.launcher)
+    print the same plan and exit with the same one-line error as `python -m`."""
+    from istio_iptables.cli import launcher
+
+    script = tmp_path / "istio-iptables"
+    script.write_text(launcher(sys.executable, "istio_iptables.cli:entry"))
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ISTIO", "INBOUND", "OUTBOUND", "KUBE"))}
+    for args in (["--dry-run", "--ipv6", "off", *STANDARD], ["--dry-run", "--ipv6", "off", "-p", "70000"]):
+        by_script = subprocess.run([str(script), *args], capture_output=True, text=True, env=env, check=False)
+        by_module = subprocess.run([sys.executable, "-m", "istio_iptables", *args], capture_output=True, text=True,
+                                   env=env, check=False)
+        assert (by_script.returncode, by_script.stdout) == (by_module.returncode, by_module.stdout)
+        def untimed(text: str) -> list[str]:
+            return [line.split(" ", 1)[-1] for line in text.splitlines()]  # past each line's timestamp
+
+        assert untimed(by_script.stderr) == untimed(by_module.stderr)
+    assert by_script.returncode == 2 and "70000" in by_script.stderr
