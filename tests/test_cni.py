@@ -303,3 +303,19 @@ def test_an_add_request_and_its_result_never_import_json() -> None:
             "print('json' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.endswith("}\nFalse\n") and '"address": "10.0.0.2/24"' in done.stdout
+
+
+def test_nft_listings_compare_by_table_and_line_with_counters_numbers_dropped() -> None:
+    from istio_iptables.apply.check import tables_of
+
+    listing = ("table inet istio-proxy-nat {\n\tchain output {\n"
+               "\t\ttype nat hook output priority dstnat; policy accept;\n"
+               "\t\tcounter packets 3 bytes 180 jump istio-output\n\t}\n}\n"
+               "table inet istio-proxy-mangle {\n\tchain x {\n\t}\n}\n")
+    assert tables_of(listing) == {
+        "istio-proxy-nat": ["chain output {", "type nat hook output priority dstnat; policy accept;",
+                            "counter jump istio-output", "}", "}"],
+        "istio-proxy-mangle": ["chain x {", "}", "}"],
+    }
+    assert tables_of(listing.replace("packets 3 bytes 180", "packets 0 bytes 0")) == tables_of(listing)
+    assert tables_of(listing.replace("istio-output", "istio-redirect")) != tables_of(listing)

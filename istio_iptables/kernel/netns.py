@@ -75,8 +75,47 @@ def enter(spec: str) -> str:
     return path
 
 
+def in_new_netns(work: Callable[[], str]) -> str:
+    """`work()`'s result, computed by a child process in a new, empty network namespace
+    (unshare(2)): for asking the kernel something, such as how it lists a ruleset,
+    without touching the pod's namespace or this process's.  Needs CAP_SYS_ADMIN, as
+    entering a namespace does; `work` bounds its own time (spawn's timeouts)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: reports through the pipe, never returns
+        status, data = 1, b""
+        try:
+            os.close(read_end)
+            if _libc_function("unshare")(CLONE_NEWNET) != 0:
+                from _ctypes import get_errno
+
+                raise NetnsError(f"cannot create a network namespace: {os.strerror(get_errno())}")
+            data, status = b"\0" + work().encode(), 0
+        except BaseException as err:  # the parent raises it, in words
+            data = b"\1" + (str(err) or type(err).__name__).encode()
+        finally:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_end, view):]
+            finally:
+                os._exit(status)
+    os.close(write_end)
+    with open(read_end, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    if data[:1] != b"\0":
+        raise NetnsError(data[1:].decode(errors="replace") or "the process in the new namespace died")
+    return data[1:].decode()
+
+
 def _setns() -> Callable[[int, int], int]:
     """libc's setns as a C function pointer: int (int, int), errno kept for get_errno."""
+    return _libc_function("setns")
+
+
+def _libc_function(name: str) -> Callable[..., int]:
+    """A libc function as a C function pointer returning int, errno kept for get_errno."""
     from _ctypes import FUNCFLAG_CDECL, FUNCFLAG_USE_ERRNO, CFuncPtr, dlopen
 
     class Function(CFuncPtr):  # restype and argtypes default to C int
@@ -85,4 +124,4 @@ def _setns() -> Callable[[int, int], int]:
     class Libc:  # what a CDLL is to a function pointer: a dlopen handle
         _handle = dlopen(None)  # type: ignore[arg-type]  # None: this process (libc is in it)
 
-    return Function(("setns", Libc))  # type: ignore[arg-type]
+    return Function((name, Libc))  # type: ignore[arg-type]

@@ -67,6 +67,21 @@ def istio_tables_text(*, timeout: float = DEFAULT_TIMEOUT) -> str:
     return "".join(parts)
 
 
+def as_listed(text: str, *, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """`text` (our tables' `nft -f` input) as the kernel lists it: applied in a new,
+    empty network namespace and read back like `istio_tables_text`.  nft lists rules
+    in its own spelling (`ip daddr 127.0.0.1` for the `127.0.0.1/32` it was given, a
+    counter with its packets and bytes), so a live namespace is compared with this,
+    not with our input."""
+    from istio_iptables.kernel.netns import in_new_netns
+
+    def apply_and_list() -> str:
+        apply_nft(text, timeout=timeout)
+        return istio_tables_text(timeout=timeout)
+
+    return in_new_netns(apply_and_list)
+
+
 def _nft(args: list[str], *, stdin: str | None = None, timeout: float) -> spawn.Finished:
     """Run nft, turning a missing binary or a hang into an NftError."""
     argv = [NFT_BINARY, *args]

@@ -176,6 +176,41 @@ def test_check_fails_when_tproxy_policy_routing_is_gone(lab: NetLab) -> None:
     assert "missing: ip -4 rule add fwmark 1337 lookup 133" in check.json["details"]
 
 
+NFT_TAMPERING = {
+    "a rule added": (("insert", "rule", "inet", "istio-proxy-nat", "istio-output", "tcp", "dport", "7", "return"),
+                     "unexpected 'tcp dport 7 return'"),
+    "a chain's rules removed": (("flush", "chain", "inet", "istio-proxy-nat", "istio-redirect"),
+                                "missing 'meta l4proto tcp counter redirect to :15001'"),
+    "a chain of ours added": (("add", "chain", "inet", "istio-proxy-nat", "istio-extra"),
+                              "unexpected 'chain istio-extra {'"),
+    "a table not in the plan": (("add", "table", "inet", "istio-proxy-mangle"),
+                                "nftables table inet istio-proxy-mangle is not in the plan"),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(NFT_TAMPERING))
+def test_native_check_compares_every_rule_with_the_plan_as_the_kernel_lists_it(lab: NetLab, tamper: str) -> None:
+    """Native CHECK applies the plan in a scratch namespace and compares the listings
+    line by line: traffic (counters) is no drift; an added, removed or foreign line is."""
+    conf = config("1.0.0", lab.pod_ns_path, capture=[*CAPTURE, "--native-nftables"])
+    outbound = lab.listen("pod", 15001)
+    assert cni("ADD", lab.pod_ns_path, conf).returncode == 0
+    assert lab.connect("pod", EXTERNAL_IPV4, 80, uid=APP_UID, gid=APP_UID).landed_port == 15001
+    assert outbound.wait_for_hit() is not None
+    assert "packets 0 " not in lab.run("pod", "nft", "list", "chain", "inet", "istio-proxy-nat", "output").stdout
+    check = cni("CHECK", lab.pod_ns_path, conf)
+    assert (check.returncode, check.stdout) == (0, ""), check
+
+    command, expected = NFT_TAMPERING[tamper]
+    lab.run("pod", "nft", *command)
+    tampered = lab.run("pod", "nft", "list", "ruleset").stdout
+    drifted = cni("CHECK", lab.pod_ns_path, conf)
+
+    assert drifted.returncode == 1 and drifted.json["code"] == 101, drifted
+    assert expected in drifted.json["details"], drifted.json
+    assert lab.run("pod", "nft", "list", "ruleset").stdout == tampered  # CHECK writes nothing
+
+
 def test_native_nftables_mode_add_check_del(lab: NetLab) -> None:
     conf = config("1.0.0", lab.pod_ns_path, capture=[*CAPTURE, "--native-nftables"])
     outbound = lab.listen("pod", 15001)
