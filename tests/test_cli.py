@@ -352,8 +352,5 @@ def test_the_image_launcher_runs_the_command_as_python_m_does(tmp_path: Path) ->
         by_module = subprocess.run([sys.executable, "-m", "istio_iptables", *args], capture_output=True, text=True,
                                    env=env, check=False)
         assert (by_script.returncode, by_script.stdout) == (by_module.returncode, by_module.stdout)
-        def untimed(text: str) -> list[str]:
-            return [line.split(" ", 1)[-1] for line in text.splitlines()]  # past each line's timestamp
-
-        assert untimed(by_script.stderr) == untimed(by_module.stderr)
+        assert by_script.stderr == by_module.stderr  # a dry run logs nothing, the error has no time
     assert by_script.returncode == 2 and "70000" in by_script.stderr
