@@ -112,14 +112,20 @@ def clean_interpreter(scratch: Path) -> str:
     """A venv of the image's interpreter (image_interpreter) whose only .pth puts the
     repository and this interpreter's site-packages on sys.path: the packages are all
     there, but .pth hooks of this machine (which an init-container image does not
-    have) do not run."""
+    have) do not run.  The package's init-path bundle is built, as the image does."""
     venv = scratch / "venv"
     done = run_quiet([image_interpreter(), "-m", "venv", "--without-pip", str(venv)])
     if done.returncode != 0:
         raise BenchError(f"cannot create a venv: {done.stderr.strip()}")
     lib = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (lib / "bench-paths.pth").write_text("\n".join([str(REPO), *site.getsitepackages()]) + "\n")
-    return str(venv / "bin" / "python3")
+    python = str(venv / "bin" / "python3")
+    # As the image builds it: the init path's bundle (istio_iptables/bundle.py), written
+    # next to the repository's package (its __pycache__, which git ignores).
+    done = run_quiet([python, "-m", "istio_iptables.bundle"])
+    if done.returncode != 0:
+        raise BenchError(f"cannot build the init path's bundle: {done.stderr.strip()}")
+    return python
 
 
 def console_scripts(python: str, folder: Path) -> dict[str, str]:

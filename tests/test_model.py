@@ -315,6 +315,12 @@ def test_usual_pod_apply_imports_only_what_it_uses(mode: list[str]) -> None:
     unused = {"json", "grp", "pwd", "struct", "encodings.ascii", "istio_iptables.apply.system",
               "istio_iptables.kernel.nft_refusal", "istio_iptables.model.iptables_state"}
     assert [m for m in imported if m in unused] == []
+    if not mode:  # the bundle (istio_iptables/bundle.py) holds exactly what this run imports
+        from istio_iptables.bundle import INIT_PATH
+
+        # (kernel.netns: --network-namespace, which this test needs and an init container does not pass)
+        ours = {m for m in imported if m.startswith("istio_iptables.")}
+        assert ours - {"istio_iptables.__main__", "istio_iptables.kernel.netns"} == set(INIT_PATH)
 
 def test_spawn_runs_programs_with_large_stdin_and_falls_back_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
     from istio_iptables.kernel import spawn
