@@ -8,7 +8,7 @@ import sys
 
 __version__ = "0.1.0"
 BUNDLE_NAME = f"init-path.{sys.implementation.cache_tag}.bundle"
-BUNDLE_FORMAT = "istio-iptables bundle 1"  # bundle.py writes (BUNDLE_FORMAT, modules)
+BUNDLE_FORMAT = "istio-iptables bundle 2"  # bundle.py writes (BUNDLE_FORMAT, -O level, modules)
 
 
 def _serve_bundle() -> None:
@@ -18,10 +18,10 @@ def _serve_bundle() -> None:
 
     try:
         with open(os.path.join(__path__[0], "__pycache__", BUNDLE_NAME), "rb") as handle:
-            form, entries = marshal.loads(handle.read())
+            form, optimize, entries = marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):  # none, unreadable or damaged: import as usual
         return
-    if form != BUNDLE_FORMAT:
+    if form != BUNDLE_FORMAT or optimize != sys.flags.optimize:  # `python -O` reads its own pycs
         return
     spec_class = type(sys.__spec__)  # importlib's ModuleSpec, without importing importlib
 

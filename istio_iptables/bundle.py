@@ -12,7 +12,8 @@ the package's `__init__` puts a finder first on sys.meta_path that serves these 
 from it.  Each bundled module is checked against its source file the way a pyc is,
 by mtime and size, with one stat.  A module whose source changed, or that is not in the
 bundle, is imported from its file as usual.  A bundle of another interpreter
-version is never read: the cache tag is in its name.  Deleting the file turns it all
+version is never read (the cache tag is in its name), nor one built at another `-O`
+level.  Deleting the file turns it all
 off.  Tracebacks, `__file__` and `inspect` see the source files, as with pycs.
 """
 
@@ -73,12 +74,12 @@ def build(path: str | None = None) -> str:
             source = handle.read()
         st = os.stat(origin)
         entries[name] = (origin, package, int(st.st_mtime), st.st_size,
-                         compile(source, origin, "exec", dont_inherit=True))
+                         compile(source, origin, "exec", dont_inherit=True, optimize=sys.flags.optimize))
     target = path or bundle_path()
     os.makedirs(os.path.dirname(target), exist_ok=True)
     partial = f"{target}.{os.getpid()}.tmp"
     with open(partial, "wb") as handle:
-        handle.write(marshal.dumps((BUNDLE_FORMAT, entries)))
+        handle.write(marshal.dumps((BUNDLE_FORMAT, sys.flags.optimize, entries)))
     os.replace(partial, target)
     return target
 

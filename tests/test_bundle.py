@@ -81,7 +81,8 @@ def test_a_module_whose_source_changed_is_imported_from_its_file(tree: Path) -> 
     assert changed.stdout == "True\n"
 
 
-@pytest.mark.parametrize("content", [b"not a bundle", marshal.dumps(("istio-iptables bundle 0", {})), b""])
+@pytest.mark.parametrize("content", [b"not a bundle", marshal.dumps(("istio-iptables bundle 0", 0, {})), b"",
+                                     marshal.dumps(("istio-iptables bundle 1", {}))])
 def test_a_damaged_or_foreign_bundle_is_not_read(tree: Path, content: bytes) -> None:
     unbundled = python(tree, "-m", "istio_iptables", *STANDARD).stdout
     bundle_file(tree).parent.mkdir(exist_ok=True)
@@ -121,3 +122,10 @@ def test_check_reports_a_module_not_served_and_a_stale_pyc(tree: Path) -> None:
     assert done.returncode == 1
     assert "istio_iptables.kernel.nslock is not served by the bundle" in done.stderr
     assert f"1 stale pycs, compiled again at every start, e.g. {source}" in done.stderr
+
+
+def test_a_bundle_is_read_only_at_the_optimisation_level_it_was_built_for(tree: Path) -> None:
+    python(tree, "-m", "istio_iptables.bundle")
+    assert set(loaders(tree).values()) == {"BundleFinder"}
+    optimised = python(tree, "-O", "-c", LOADERS).stdout.split()
+    assert set(optimised[1::3]) == {"SourceFileLoader"}
