@@ -193,8 +193,8 @@ def limited_report(limited: dict[str, Any]) -> str:
             def med(key: str, ss: list[dict[str, Any]] = samples) -> float:
                 return float(statistics.median(s[key] for s in ss))
 
-            mean_s = statistics.fmean(s["wall_ms"] for s in samples) / 1000
-            rows.append([f"{name} {who}", section["backend"], fmt(mean_s, 3) if ok else "FAIL",
+            rows.append([f"{name} {who}", section["backend"],
+                         fmt(_ready_s(samples, statistics.fmean), 3) if ok else "FAIL",
                          fmt(med("wall_ms") / 1000, 3) if ok else "FAIL",
                          fmt(med("cpu_ms")), fmt(med("cgroup_peak_mib")), f"{med('nr_throttled'):.0f}",
                          f"{sum(1 for s in samples if s['oom'])}/{len(samples)}",

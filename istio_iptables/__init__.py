@@ -4,20 +4,21 @@ When the image built the init path's bundle (bundle.py says why and how), the fi
 below serves those modules from it; without the file, nothing changes.
 """
 
+import os
 import sys
 
 __version__ = "0.1.0"
 BUNDLE_NAME = f"init-path.{sys.implementation.cache_tag}.bundle"
+BUNDLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__", BUNDLE_NAME)
 BUNDLE_FORMAT = "istio-iptables bundle 2"  # bundle.py writes (BUNDLE_FORMAT, -O level, modules)
 
 
 def _serve_bundle() -> None:
     """Put a finder for the bundle's modules first on sys.meta_path, if there is one."""
     import marshal
-    import os
 
     try:
-        with open(os.path.join(__path__[0], "__pycache__", BUNDLE_NAME), "rb") as handle:
+        with open(BUNDLE_PATH, "rb") as handle:
             form, optimize, entries = marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):  # none, unreadable or damaged: import as usual
         return

@@ -53,17 +53,10 @@ INIT_PATH = (
 )
 
 
-def bundle_path() -> str:
-    """Where the package's `__init__` looks for the bundle."""
-    from istio_iptables import BUNDLE_NAME
-
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__", BUNDLE_NAME)
-
-
 def build(path: str | None = None) -> str:
     """Compile INIT_PATH from their source files into the bundle (written whole, then
     renamed into place).  The sources are found by name, without importing anything."""
-    from istio_iptables import BUNDLE_FORMAT
+    from istio_iptables import BUNDLE_FORMAT, BUNDLE_PATH
 
     root = os.path.dirname(os.path.abspath(__file__))
     entries: dict[str, tuple[str, bool, int, int, CodeType]] = {}
@@ -76,7 +69,7 @@ def build(path: str | None = None) -> str:
         st = os.stat(origin)
         entries[name] = (origin, package, int(st.st_mtime), st.st_size,
                          compile(source, origin, "exec", dont_inherit=True, optimize=sys.flags.optimize))
-    target = path or bundle_path()
+    target = path or BUNDLE_PATH
     os.makedirs(os.path.dirname(target), exist_ok=True)
     partial = f"{target}.{os.getpid()}.tmp"
     with open(partial, "wb") as handle:
@@ -117,7 +110,9 @@ def check() -> list[str]:
     served by the bundle, and stale pycs anywhere beside the package."""
     from importlib import import_module
 
-    problems = [f"{name} is not served by the bundle ({bundle_path()})" for name in INIT_PATH
+    from istio_iptables import BUNDLE_PATH
+
+    problems = [f"{name} is not served by the bundle ({BUNDLE_PATH})" for name in INIT_PATH
                 if getattr(getattr(import_module(name).__spec__, "loader", None), "__name__", "") != "BundleFinder"]
     stale = stale_bytecode(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if stale:

@@ -64,7 +64,7 @@ def enter(spec: str) -> str:
     """Move this thread into the network namespace `spec`; returns the path used."""
     path, fd = open_netns(spec)
     try:
-        if _setns()(fd, CLONE_NEWNET) != 0:
+        if _libc_function("setns")(fd, CLONE_NEWNET) != 0:
             from _ctypes import get_errno
 
             code = get_errno()
@@ -80,6 +80,8 @@ def in_new_netns(work: Callable[[], str]) -> str:
     (unshare(2)): for asking the kernel something, such as how it lists a ruleset,
     without touching the pod's namespace or this process's.  Needs CAP_SYS_ADMIN, as
     entering a namespace does; `work` bounds its own time (spawn's timeouts)."""
+    from istio_iptables.kernel.spawn import write_all
+
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: reports through the pipe, never returns
@@ -95,9 +97,7 @@ def in_new_netns(work: Callable[[], str]) -> str:
             data = b"\1" + (str(err) or type(err).__name__).encode()
         finally:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write_end, view):]
+                write_all(write_end, data)
             finally:
                 os._exit(status)
     os.close(write_end)
@@ -107,11 +107,6 @@ def in_new_netns(work: Callable[[], str]) -> str:
     if data[:1] != b"\0":
         raise NetnsError(data[1:].decode(errors="replace") or "the process in the new namespace died")
     return data[1:].decode()
-
-
-def _setns() -> Callable[[int, int], int]:
-    """libc's setns as a C function pointer: int (int, int), errno kept for get_errno."""
-    return _libc_function("setns")
 
 
 def _libc_function(name: str) -> Callable[..., int]:

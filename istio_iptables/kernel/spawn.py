@@ -27,12 +27,13 @@ class SpawnTimeout(RuntimeError):
 def _memfd(name: str, data: bytes = b"") -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     if data:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd` (a pipe or a memfd may take it in parts)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from istio_iptables.kernel.libiptc.common import LibiptcError, check_family, lib_message
+from istio_iptables.kernel.spawn import write_all
 
 #: The family this process has used python-iptables for in-process (isolate=False).
 _inprocess_family: int | None = None
@@ -57,10 +58,7 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], write_fd: int, err_fd:
             answer = {"error": str(exc), "table": exc.table, "chain": exc.chain, "rule": exc.rule}
         except BaseException as exc:
             answer = {"error": f"{type(exc).__name__}: {lib_message(exc)}"}
-        data = marshal.dumps(answer)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view):]
+        write_all(write_fd, marshal.dumps(answer))
     except BaseException:
         code = 70
     finally:
